@@ -1,0 +1,179 @@
+"""Command line: serve, migrate, dev, emulator, clients create, keys rotate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from service.config import ConfigError, load_database_url, load_settings, require_database_url
+
+
+def _configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    # httpx logs every request URL at INFO; our upstream URLs carry no secrets,
+    # but keep it quiet so nothing slips through in future.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+    from service.runtime import alembic_config
+
+    config = alembic_config(database_url)
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from service.app import create_app
+    from service.serving import make_server, serve_until_signalled
+
+    settings = load_settings()
+    require_database_url(settings)
+    _configure_logging(settings.log_level)
+    server = make_server(
+        create_app(settings), host=args.host, port=args.port, log_level=settings.log_level
+    )
+    asyncio.run(serve_until_signalled(server))
+
+
+def _cmd_migrate(_: argparse.Namespace) -> None:
+    _configure_logging()
+    migrate(load_database_url())
+    print("database schema is at the newest revision")
+
+
+def _cmd_emulator(args: argparse.Namespace) -> None:
+    from service.emulator import EmulatorSettings, run_emulator
+
+    _configure_logging()
+    settings = EmulatorSettings(
+        client_id=args.client_id,
+        client_secret=args.client_secret,
+        redirect_uri=args.redirect_uri,
+        domain=args.domain,
+        lane=args.lane,
+    )
+    print(f"Workfront emulator on http://{args.host}:{args.port}", flush=True)
+    asyncio.run(run_emulator(host=args.host, port=args.port, settings=settings))
+
+
+def _cmd_dev(args: argparse.Namespace) -> None:
+    from service.dev import run_dev
+
+    _configure_logging()
+    asyncio.run(run_dev(host=args.host, port=args.port, emulator_port=args.emulator_port))
+
+
+async def _create_client(name: str, scopes: list[str]) -> str:
+    from service.db import make_engine, make_session_factory
+    from service.routes.clients import create_client
+
+    engine = make_engine(load_database_url(), pool_size=1)
+    try:
+        created = await create_client(
+            make_session_factory(engine), name=name, scopes=scopes, created_by=None
+        )
+    finally:
+        await engine.dispose()
+    return created.api_key
+
+
+def _cmd_clients_create(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from service.schemas import ClientCreate
+
+    try:
+        body = ClientCreate(name=args.name, scopes=args.scope)
+    except ValidationError as exc:
+        raise ConfigError(
+            [f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()]
+        ) from None
+    key = asyncio.run(_create_client(body.name, list(body.scopes)))
+    print(f"created API client {body.name!r} with scopes {', '.join(body.scopes)}")
+    print("its key (shown this once, store it now):")
+    print(key)
+
+
+async def _rotate_keys() -> int:
+    from service.runtime import open_runtime
+
+    settings = load_settings()
+    async with open_runtime(settings) as runtime:
+        return await runtime.broker.reencrypt_all()
+
+
+def _cmd_keys_rotate(_: argparse.Namespace) -> None:
+    _configure_logging()
+    changed = asyncio.run(_rotate_keys())
+    print(f"re-encrypted {changed} connection(s) under the primary key")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the broker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_cmd_serve)
+
+    commands.add_parser("migrate", help="bring the schema to the newest revision").set_defaults(
+        func=_cmd_migrate
+    )
+
+    dev = commands.add_parser("dev", help="the all-in-one demo")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--emulator-port", type=int, default=8001)
+    dev.set_defaults(func=_cmd_dev)
+
+    emulator = commands.add_parser("emulator", help="run only the Workfront emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8001)
+    emulator.add_argument("--client-id", default="demo-client")
+    emulator.add_argument("--client-secret", default="demo-secret")
+    emulator.add_argument("--redirect-uri", default=None)
+    emulator.add_argument("--domain", default="emulator")
+    emulator.add_argument("--lane", default="my")
+    emulator.set_defaults(func=_cmd_emulator)
+
+    clients = commands.add_parser("clients", help="manage API clients").add_subparsers(
+        dest="clients_command", required=True
+    )
+    create = clients.add_parser("create", help="create an API client and print its key once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", required=True, dest="scope")
+    create.set_defaults(func=_cmd_clients_create)
+
+    keys = commands.add_parser("keys", help="encryption keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("rotate", help="re-encrypt every token under the primary key").set_defaults(
+        func=_cmd_keys_rotate
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""create_app(settings): routers, error handlers and the lifespan that owns resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from service.config import Settings
+from service.problems import Problem, install_problem_handlers
+from service.routes import clients, connections, oauth, ops
+from service.runtime import open_runtime
+
+access_log = logging.getLogger("service.access")
+
+DESCRIPTION = """\
+Owns a Workfront OAuth2 app, connects Workfront users through the
+authorization-code flow, keeps their refresh tokens encrypted, and hands a
+live Workfront `sessionID` to internal services.
+
+Call `/v1` with `Authorization: Bearer <api key>`. Errors are RFC 9457
+problem details (`application/problem+json`).
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(
+        title="Workfront token broker",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    for module in (oauth, connections, clients, ops):
+        app.include_router(module.router)
+
+    @app.middleware("http")
+    async def log_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # Our own access log: path only. The query string can hold an OAuth code
+        # or state, so uvicorn's access log (which prints it) is turned off.
+        started = time.perf_counter()
+        response = await call_next(request)
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.url.path,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    _register_problem_schema(app)
+    return app
+
+
+def _register_problem_schema(app: FastAPI) -> None:
+    """Make sure the Problem schema is in components even if no route returns it directly."""
+    original = app.openapi
+
+    def openapi() -> dict[str, object]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {})
+        components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

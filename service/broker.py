@@ -1,0 +1,361 @@
+"""The heart of the broker: hand out fresh sessions, refresh them safely.
+
+Rules this module keeps:
+
+* Refreshes of one connection are serialized across every process by a
+  ``SELECT … FOR UPDATE`` on its row, held across the upstream call. A waiter
+  re-reads the row under the lock and skips the upstream call when the
+  ``token_version`` moved (someone else refreshed meanwhile).
+* Inside one process, concurrent callers share one refresh (single-flight),
+  and that refresh is shielded from the callers' cancellation: abandoning a
+  refresh between Workfront's answer and our commit would lose a rotated token.
+* The new refresh token is committed before any caller sees the new session.
+* A refresh answered with a revoked grant marks the connection
+  ``needs_reauth``; that refresh token is never presented again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import Settings
+from service.crypto import TokenCipher, row_aad
+from service.db import SessionFactory
+from service.models import STATUS_ACTIVE, STATUS_NEEDS_REAUTH, Connection, Event
+from service.workfront import (
+    GrantRevokedError,
+    TokenSet,
+    TransientError,
+    WorkfrontClient,
+    WorkfrontUser,
+)
+
+log = logging.getLogger(__name__)
+
+ACCESS = "access_token"
+REFRESH = "refresh_token"
+
+
+class ConnectionNotFound(Exception):
+    pass
+
+
+class NeedsReauth(Exception):
+    pass
+
+
+class UpstreamUnavailable(Exception):
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    connection_id: uuid.UUID
+    session_id: str
+    expires_at: datetime
+    user_id: str
+
+
+async def record_event(
+    session: AsyncSession,
+    kind: str,
+    *,
+    connection_id: uuid.UUID | None = None,
+    client_id: uuid.UUID | None = None,
+    **detail: Any,
+) -> None:
+    """Append to the audit trail inside the caller's transaction. Never pass a token."""
+    session.add(Event(kind=kind, connection_id=connection_id, client_id=client_id, detail=detail))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: SessionFactory,
+        cipher: TokenCipher,
+        workfront: WorkfrontClient,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._cipher = cipher
+        self._workfront = workfront
+        self._flights: dict[uuid.UUID, asyncio.Task[IssuedToken]] = {}
+
+    # Encryption helpers ----------------------------------------------------------
+
+    def _seal(self, connection_id: uuid.UUID, column: str, value: str) -> str:
+        return self._cipher.encrypt(value, aad=row_aad("connections", connection_id, column))
+
+    def _open(self, row: Connection, column: str) -> str:
+        stored = row.access_token_enc if column == ACCESS else row.refresh_token_enc
+        return self._cipher.decrypt(stored, aad=row_aad("connections", row.id, column))
+
+    def _issued(self, row: Connection) -> IssuedToken:
+        return IssuedToken(
+            connection_id=row.id,
+            session_id=self._open(row, ACCESS),
+            expires_at=row.expires_at,
+            user_id=row.user_id,
+        )
+
+    def _next_refresh_at(self, expires_at: datetime) -> datetime:
+        return expires_at - timedelta(seconds=self._settings.refresh_ahead_seconds)
+
+    # Reading -----------------------------------------------------------------------
+
+    async def get_token(self, connection_id: uuid.UUID, *, min_ttl: int) -> IssuedToken:
+        """A session with at least ``min_ttl`` seconds left, refreshing first when needed."""
+        async with self._sessions() as session:
+            row = await session.get(Connection, connection_id)
+            if row is None:
+                raise ConnectionNotFound
+            if row.status != STATUS_ACTIVE:
+                raise NeedsReauth
+            if row.expires_at - _now() >= timedelta(seconds=min_ttl):
+                return self._issued(row)
+            seen_version = row.token_version
+        return await self._join_flight(
+            connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
+        )
+
+    async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
+        """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
+        async with self._sessions() as session:
+            version = await session.scalar(
+                select(Connection.token_version).where(Connection.id == connection_id)
+            )
+        if version is None:
+            raise ConnectionNotFound
+        return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
+
+    # Refreshing --------------------------------------------------------------------
+
+    async def _join_flight(
+        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+    ) -> IssuedToken:
+        flight = self._flights.get(connection_id)
+        if flight is None:
+            flight = asyncio.create_task(
+                self._refresh_locked(
+                    connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                ),
+                name=f"refresh-{connection_id}",
+            )
+            self._flights[connection_id] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(connection_id, None))
+        # shield: a caller that goes away must not cancel a refresh in progress.
+        return await asyncio.shield(flight)
+
+    async def _refresh_locked(
+        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+    ) -> IssuedToken:
+        lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
+        async with self._sessions() as session, session.begin():
+            await session.execute(text(f"SET LOCAL lock_timeout = {lock_timeout_ms}"))
+            row = await session.scalar(
+                select(Connection)
+                .where(Connection.id == connection_id)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            if row is None:
+                raise ConnectionNotFound
+            if row.status != STATUS_ACTIVE:
+                raise NeedsReauth
+            remaining = row.expires_at - _now()
+            if row.token_version != seen_version:
+                # Another caller (maybe in another process) refreshed while we waited.
+                return self._issued(row)
+            if not forced and remaining >= timedelta(seconds=min_ttl):
+                return self._issued(row)
+
+            refresh_token = self._open(row, REFRESH)
+            try:
+                tokens = await self._workfront.refresh(refresh_token)
+            except GrantRevokedError as exc:
+                self._mark_needs_reauth(row, exc.detail)
+                await record_event(
+                    session, "refresh.failed", connection_id=row.id, reason="grant_revoked"
+                )
+                await record_event(session, "connection.needs_reauth", connection_id=row.id)
+                log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
+                # Committed when the block exits; the exception leaves after that.
+                failure: Exception = NeedsReauth()
+            except TransientError as exc:
+                row.refresh_failures += 1
+                row.last_error = f"transient: {exc.detail}"
+                await record_event(
+                    session,
+                    "refresh.failed",
+                    connection_id=row.id,
+                    reason="transient",
+                    detail=exc.detail,
+                )
+                log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
+                if not forced and remaining > timedelta(0):
+                    # Keep serving the current session while it is still valid.
+                    return self._issued(row)
+                failure = UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
+            else:
+                self._store_tokens(row, tokens)
+                await record_event(session, "refresh.succeeded", connection_id=row.id)
+                return self._issued(row)
+        raise failure
+
+    def _store_tokens(self, row: Connection, tokens: TokenSet) -> None:
+        now = _now()
+        row.access_token_enc = self._seal(row.id, ACCESS, tokens.access_token)
+        row.refresh_token_enc = self._seal(row.id, REFRESH, tokens.refresh_token)
+        row.expires_at = tokens.expires_at
+        row.next_refresh_at = self._next_refresh_at(tokens.expires_at)
+        row.token_version += 1
+        row.last_refreshed_at = now
+        row.updated_at = now
+        row.refresh_failures = 0
+        row.last_error = None
+        if tokens.wid:
+            row.wid = tokens.wid
+
+    @staticmethod
+    def _mark_needs_reauth(row: Connection, detail: str) -> None:
+        row.status = STATUS_NEEDS_REAUTH
+        row.refresh_failures += 1
+        row.last_error = f"grant_revoked: {detail}"
+        row.next_refresh_at = None
+        row.updated_at = _now()
+
+    # Connecting and disconnecting ------------------------------------------------
+
+    async def store_connection(
+        self, *, user: WorkfrontUser, tokens: TokenSet, external_ref: str | None
+    ) -> tuple[uuid.UUID, bool]:
+        """Create the user's connection, or update it on re-authorization.
+
+        Returns (connection id, created). One transaction: a failure stores nothing.
+        """
+        instance = self._settings.instance_host
+        for _attempt in range(2):
+            try:
+                async with self._sessions() as session, session.begin():
+                    row = await session.scalar(
+                        select(Connection)
+                        .where(Connection.instance == instance, Connection.user_id == user.user_id)
+                        .with_for_update()
+                    )
+                    if row is None:
+                        connection_id = uuid.uuid4()
+                        values = self._new_row_values(connection_id, instance, user, tokens)
+                        values["external_ref"] = external_ref
+                        await session.execute(insert(Connection).values(**values))
+                        await record_event(
+                            session, "connection.created", connection_id=connection_id
+                        )
+                        return connection_id, True
+                    recovered = row.status != STATUS_ACTIVE
+                    self._store_tokens(row, tokens)
+                    row.status = STATUS_ACTIVE
+                    row.customer_id = user.customer_id
+                    if external_ref is not None:
+                        row.external_ref = external_ref
+                    await record_event(
+                        session,
+                        "connection.reauthorized",
+                        connection_id=row.id,
+                        recovered=recovered,
+                    )
+                    return row.id, False
+            except IntegrityError:
+                # Two callbacks for one new user raced on the unique key: retry as an update.
+                continue
+        raise RuntimeError("could not store the connection after a concurrent insert")
+
+    def _new_row_values(
+        self, connection_id: uuid.UUID, instance: str, user: WorkfrontUser, tokens: TokenSet
+    ) -> dict[str, Any]:
+        now = _now()
+        return {
+            "id": connection_id,
+            "instance": instance,
+            "user_id": user.user_id,
+            "customer_id": user.customer_id,
+            "wid": tokens.wid,
+            "status": STATUS_ACTIVE,
+            "access_token_enc": self._seal(connection_id, ACCESS, tokens.access_token),
+            "refresh_token_enc": self._seal(connection_id, REFRESH, tokens.refresh_token),
+            "token_version": 1,
+            "expires_at": tokens.expires_at,
+            "next_refresh_at": self._next_refresh_at(tokens.expires_at),
+            "last_refreshed_at": now,
+            "refresh_failures": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    async def delete_connection(
+        self, connection_id: uuid.UUID, *, client_id: uuid.UUID | None
+    ) -> None:
+        """Delete the row (the tokens go with it), then try Workfront's logout."""
+        async with self._sessions() as session, session.begin():
+            row = await session.scalar(
+                select(Connection).where(Connection.id == connection_id).with_for_update()
+            )
+            if row is None:
+                raise ConnectionNotFound
+            try:
+                access_token: str | None = self._open(row, ACCESS)
+            except Exception:  # a row we cannot decrypt is still deletable
+                access_token = None
+            await session.execute(delete(Connection).where(Connection.id == connection_id))
+            await record_event(
+                session, "connection.deleted", connection_id=connection_id, client_id=client_id
+            )
+        if access_token is not None:
+            await self._workfront.logout(access_token)
+
+    async def reencrypt_all(self) -> int:
+        """Re-encrypt every stored token under the primary key (``keys rotate``)."""
+        primary = self._cipher.primary_key_id
+        changed = 0
+        async with self._sessions() as session:
+            ids = (await session.scalars(select(Connection.id))).all()
+        for connection_id in ids:
+            async with self._sessions() as session, session.begin():
+                row = await session.scalar(
+                    select(Connection).where(Connection.id == connection_id).with_for_update()
+                )
+                if row is None:
+                    continue
+                if (
+                    TokenCipher.key_id_of(row.access_token_enc) == primary
+                    and TokenCipher.key_id_of(row.refresh_token_enc) == primary
+                ):
+                    continue
+                await session.execute(
+                    update(Connection)
+                    .where(Connection.id == connection_id)
+                    .values(
+                        access_token_enc=self._seal(row.id, ACCESS, self._open(row, ACCESS)),
+                        refresh_token_enc=self._seal(row.id, REFRESH, self._open(row, REFRESH)),
+                    )
+                )
+                changed += 1
+        return changed

@@ -1,0 +1,222 @@
+"""Configuration: the contract's ``BROKER_*`` variables, also read from ``.env``.
+
+Bad configuration must stop start-up with one line per problem, naming the
+variable and never echoing a secret, so ``load_settings`` turns pydantic's
+errors into such lines (``ConfigError.problems``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.crypto import KeyringError, parse_keyring
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "BROKER_"
+# <domain>.<lane>.workfront.com and the unified-experience <domain>.<lane>.workfront.adobe.com
+_WORKFRONT_HOST = re.compile(
+    r"^(?P<domain>[a-z0-9-]+)\.(?P<lane>[a-z0-9-]+)\.workfront(\.adobe)?\.com$"
+)
+_API_VERSION = re.compile(r"^v\d+\.\d+$")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgresql://`` (and ``postgres://``) as well as the asyncpg form."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("must start with postgresql:// or postgresql+asyncpg://")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,
+    )
+
+    database_url: str | None = None
+    workfront_url: str
+    workfront_domain: str | None = None
+    workfront_lane: str | None = None
+    client_id: str = Field(min_length=1)
+    client_secret: SecretStr
+    redirect_uri: str
+    token_auth: Literal["basic_json", "form"] = "basic_json"
+    workfront_api_version: str = "v21.0"
+    encryption_keys: SecretStr
+    admin_api_key: SecretStr | None = None
+    session_ttl_seconds: int = Field(default=1800, gt=0)
+    refresh_ahead_seconds: int = Field(default=300, ge=0)
+    require_state: bool = True
+    pkce: bool = False
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    allowed_return_urls: str = ""
+    # Not in the contract's table but needed by an operator: how long one
+    # upstream call may take, and how long a refresh may wait for the row lock.
+    upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_database_url(value)
+
+    @field_validator("workfront_url")
+    @classmethod
+    def _workfront_url(cls, value: str) -> str:
+        return _http_url(value).rstrip("/")
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect_uri(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value)
+
+    @field_validator("workfront_api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        if not _API_VERSION.match(value):
+            raise ValueError("must look like v21.0")
+        return value
+
+    @field_validator("encryption_keys")
+    @classmethod
+    def _encryption_keys(cls, value: SecretStr) -> SecretStr:
+        try:
+            parse_keyring(value.get_secret_value())
+        except KeyringError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("admin_api_key")
+    @classmethod
+    def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("allowed_return_urls")
+    @classmethod
+    def _return_urls(cls, value: str) -> str:
+        for prefix in _split_csv(value):
+            _http_url(prefix)
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_pair(self) -> Settings:
+        if (self.webhook_url is None) != (self.webhook_secret is None):
+            raise ValueError("BROKER_WEBHOOK_URL and BROKER_WEBHOOK_SECRET must be set together")
+        return self
+
+    # Derived values -------------------------------------------------------
+
+    @property
+    def return_url_prefixes(self) -> list[str]:
+        return _split_csv(self.allowed_return_urls)
+
+    @property
+    def instance_host(self) -> str:
+        return (urlsplit(self.workfront_url).hostname or "").lower()
+
+    def expected_domain_lane(self) -> tuple[str, str] | None:
+        """The (domain, lane) a callback must carry, or None when the check is off."""
+        if self.workfront_domain and self.workfront_lane:
+            return self.workfront_domain, self.workfront_lane
+        match = _WORKFRONT_HOST.match(self.instance_host)
+        if match:
+            return (
+                self.workfront_domain or match["domain"],
+                self.workfront_lane or match["lane"],
+            )
+        return None
+
+    @property
+    def cookie_secure(self) -> bool:
+        return self.redirect_uri.startswith("https://")
+
+
+def _split_csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _problem_line(error: Any) -> str:
+    loc = error.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    variable = f"{ENV_PREFIX}{field.upper()}" if field else "configuration"
+    if error.get("type") == "missing":
+        return f"{variable}: required but not set"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if not field:
+        return message
+    return f"{variable}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and .env; ConfigError holds one line per problem."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+    if settings.expected_domain_lane() is None:
+        log.warning(
+            "BROKER_WORKFRONT_DOMAIN/BROKER_WORKFRONT_LANE not set and not derivable from "
+            "the instance host: the callback's domain/lane check is off"
+        )
+    return settings
+
+
+def require_database_url(settings: Settings) -> str:
+    if settings.database_url is None:
+        raise ConfigError([f"{ENV_PREFIX}DATABASE_URL: required but not set"])
+    return settings.database_url
+
+
+class DatabaseSettings(BaseSettings):
+    """Just the database, for commands that need nothing else (migrate, clients)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
+
+    database_url: str
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return normalize_database_url(value)
+
+
+def load_database_url() -> str:
+    try:
+        return DatabaseSettings().database_url
+    except ValidationError as exc:
+        raise ConfigError([_problem_line(error) for error in exc.errors()]) from None

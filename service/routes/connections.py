@@ -1,0 +1,155 @@
+"""Connections and their tokens, for internal services."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import select
+
+from service.broker import ConnectionNotFound, IssuedToken, NeedsReauth, UpstreamUnavailable
+from service.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, TokensReader
+from service.models import Connection
+from service.problems import ProblemError, ResponsesDoc, problem_doc
+from service.schemas import ConnectionOut, ConnectionStatus, TokenOut
+
+router = APIRouter(prefix="/v1/connections", tags=["connections"])
+
+_AUTH_ERRORS: ResponsesDoc = {
+    401: problem_doc(401, "No API key, or an unknown one."),
+    403: problem_doc(403, "The API key lacks the scope."),
+    422: problem_doc(422, "Bad input."),
+}
+_TOKEN_ERRORS: ResponsesDoc = {
+    **_AUTH_ERRORS,
+    404: problem_doc(404, "Unknown connection."),
+    409: problem_doc(409, "The connection needs re-authorization (type ends with needs-reauth)."),
+    503: problem_doc(503, "Workfront unreachable and no usable session; see Retry-After."),
+}
+
+
+def _not_found() -> ProblemError:
+    return ProblemError(404, "not-found", "no such connection")
+
+
+def _token_out(runtime: RuntimeDep, issued: IssuedToken) -> TokenOut:
+    return TokenOut(
+        connection_id=issued.connection_id,
+        session_id=issued.session_id,
+        expires_at=issued.expires_at,
+        workfront_url=runtime.settings.workfront_url,
+        user_id=issued.user_id,
+    )
+
+
+async def _issue(runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int | None) -> TokenOut:
+    broker = runtime.broker
+    try:
+        if min_ttl is None:
+            issued = await broker.force_refresh(connection_id)
+        else:
+            issued = await broker.get_token(connection_id, min_ttl=min_ttl)
+    except ConnectionNotFound:
+        raise _not_found() from None
+    except NeedsReauth:
+        raise ProblemError(
+            409, "needs-reauth", "the Workfront user must authorize again via /connect"
+        ) from None
+    except UpstreamUnavailable as exc:
+        retry = max(1, round(exc.retry_after or 5))
+        raise ProblemError(
+            503,
+            "upstream-unavailable",
+            "Workfront is unreachable and no usable session is stored",
+            headers={"Retry-After": str(retry)},
+        ) from None
+    return _token_out(runtime, issued)
+
+
+@router.get(
+    "/{connection_id}/token",
+    summary="Get a live Workfront sessionID",
+    response_model=TokenOut,
+    responses=_TOKEN_ERRORS,
+)
+async def get_token(
+    connection_id: uuid.UUID,
+    runtime: RuntimeDep,
+    _: TokensReader,
+    min_ttl: Annotated[
+        int,
+        Query(ge=0, le=86_400, description="Refresh first when fewer seconds than this remain."),
+    ] = 60,
+) -> TokenOut:
+    return await _issue(runtime, connection_id, min_ttl=min_ttl)
+
+
+@router.post(
+    "/{connection_id}/refresh",
+    summary="Force a refresh (the caller saw the session rejected)",
+    response_model=TokenOut,
+    responses=_TOKEN_ERRORS,
+)
+async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: TokensReader) -> TokenOut:
+    return await _issue(runtime, connection_id, min_ttl=None)
+
+
+@router.get(
+    "",
+    summary="List connections",
+    response_model=list[ConnectionOut],
+    responses=_AUTH_ERRORS,
+)
+async def list_connections(
+    runtime: RuntimeDep,
+    _: ConnectionsReader,
+    user_id: Annotated[str | None, Query(max_length=64)] = None,
+    external_ref: Annotated[str | None, Query(max_length=255)] = None,
+    status: ConnectionStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[ConnectionOut]:
+    query = select(Connection).order_by(Connection.created_at, Connection.id)
+    if user_id is not None:
+        query = query.where(Connection.user_id == user_id)
+    if external_ref is not None:
+        query = query.where(Connection.external_ref == external_ref)
+    if status is not None:
+        query = query.where(Connection.status == status)
+    async with runtime.sessions() as session:
+        rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+    return [ConnectionOut.model_validate(row) for row in rows]
+
+
+@router.get(
+    "/{connection_id}",
+    summary="Show one connection",
+    response_model=ConnectionOut,
+    responses={**_AUTH_ERRORS, 404: problem_doc(404, "Unknown connection.")},
+)
+async def get_connection(
+    connection_id: uuid.UUID, runtime: RuntimeDep, _: ConnectionsReader
+) -> ConnectionOut:
+    async with runtime.sessions() as session:
+        row = await session.get(Connection, connection_id)
+    if row is None:
+        raise _not_found()
+    return ConnectionOut.model_validate(row)
+
+
+@router.delete(
+    "/{connection_id}",
+    summary="Delete a connection and its stored tokens",
+    status_code=204,
+    response_class=Response,
+    responses={**_AUTH_ERRORS, 404: problem_doc(404, "Unknown connection.")},
+)
+async def delete_connection(
+    connection_id: uuid.UUID, runtime: RuntimeDep, principal: ConnectionsWriter
+) -> Response:
+    try:
+        await runtime.broker.delete_connection(connection_id, client_id=principal.client_id)
+    except ConnectionNotFound:
+        raise _not_found() from None
+    return Response(status_code=204)

@@ -1,0 +1,43 @@
+"""Operations endpoints: liveness, readiness, metrics. No API key."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.deps import RuntimeDep
+
+router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
+
+
+@router.get("/healthz", summary="The process lives")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Database reachable and schema at the newest revision",
+    responses={503: {"description": "Not ready: database unreachable or schema behind"}},
+)
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    try:
+        async with runtime.engine.connect() as conn:
+            revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("readiness: database check failed (%s)", type(exc).__name__)
+        return JSONResponse({"status": "unavailable", "reason": "database"}, status_code=503)
+    if revision != runtime.schema_head:
+        return JSONResponse({"status": "unavailable", "reason": "schema behind"}, status_code=503)
+    return JSONResponse({"status": "ok", "schema": revision})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,77 @@
+"""Everything a running broker holds, built and closed by the app's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.auth import ApiKeyAuthenticator
+from service.broker import Broker
+from service.config import Settings, require_database_url
+from service.crypto import TokenCipher
+from service.db import SessionFactory, make_engine, make_session_factory
+from service.workfront import WorkfrontClient
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    config = Config(str(REPO_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    if database_url is not None:
+        # '%' must be doubled for configparser interpolation.
+        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    return config
+
+
+def alembic_head() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: SessionFactory
+    cipher: TokenCipher
+    http: httpx.AsyncClient
+    workfront: WorkfrontClient
+    broker: Broker
+    authenticator: ApiKeyAuthenticator
+    schema_head: str | None
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Open every resource; close them in reverse order."""
+    engine = make_engine(require_database_url(settings))
+    try:
+        sessions = make_session_factory(engine)
+        cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
+        async with WorkfrontClient.make_http_client(settings) as http:
+            workfront = WorkfrontClient(settings, http)
+            admin = settings.admin_api_key
+            yield Runtime(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                cipher=cipher,
+                http=http,
+                workfront=workfront,
+                broker=Broker(
+                    settings=settings, sessions=sessions, cipher=cipher, workfront=workfront
+                ),
+                authenticator=ApiKeyAuthenticator(
+                    sessions=sessions, admin_key=admin.get_secret_value() if admin else None
+                ),
+                schema_head=alembic_head(),
+            )
+    finally:
+        await engine.dispose()

@@ -1,0 +1,82 @@
+"""Request and response bodies of the internal API (suffix says the role)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
+ConnectionStatus = Literal["active", "needs_reauth"]
+
+
+class TokenOut(BaseModel):
+    connection_id: uuid.UUID
+    session_id: str = Field(
+        description="Workfront sessionID: send it as the `sessionID` header of API calls.",
+        examples=["<sessionID>"],
+    )
+    token_type: Literal["sessionID"] = "sessionID"
+    expires_at: datetime = Field(description="When the session is expected to lapse (UTC).")
+    workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
+    user_id: str = Field(description="The Workfront user the session belongs to.")
+
+
+class ConnectionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: str
+    customer_id: str | None
+    wid: str | None
+    external_ref: str | None
+    status: ConnectionStatus
+    expires_at: datetime
+    last_refreshed_at: datetime | None
+    next_refresh_at: datetime | None
+    refresh_failures: int = Field(description="Consecutive failed refreshes.")
+    created_at: datetime
+
+
+class ClientCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100, examples=["reporting-service"])
+    scopes: list[Scope] = Field(min_length=1, max_length=4, examples=[["tokens:read"]])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[Scope]) -> list[Scope]:
+        return sorted(set(value))
+
+
+class ClientOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    scopes: list[Scope]
+    key_hint: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClientCreated(BaseModel):
+    id: uuid.UUID
+    name: str
+    scopes: list[Scope]
+    api_key: str = Field(
+        description="Shown this once; only its hash is stored.", examples=["wtb_<key>"]
+    )

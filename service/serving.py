@@ -1,0 +1,54 @@
+"""Running uvicorn servers, one or several in one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
+
+import uvicorn
+from starlette.types import ASGIApp
+
+
+class Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to the caller.
+
+    Several servers share one loop in ``dev``; each would otherwise install its
+    own handlers and only the last would hear Ctrl-C.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def make_server(app: ASGIApp, *, host: str, port: int, log_level: str = "info") -> Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        # Our middleware logs path-only lines; uvicorn's would print query
+        # strings, which carry OAuth codes and state.
+        access_log=False,
+        lifespan="on",
+        server_header=False,
+    )
+    return Server(config)
+
+
+async def serve_until_signalled(*servers: Server) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await asyncio.gather(*(server.serve() for server in servers))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

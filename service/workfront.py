@@ -1,0 +1,265 @@
+"""The Workfront client: the only code that talks to the instance.
+
+Every call goes to the configured instance (never to a host taken from a
+callback). Failures become typed errors so callers can tell a transient
+failure (keep the tokens, try again later) from a revoked grant (the user must
+authorize again; never present that refresh token again).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH = "/integrations/oauth2/api/v1/token"
+AUTHORIZE_PATH = "/integrations/oauth2/authorize"
+_TRANSIENT_STATUSES = {408, 429}
+_MAX_DIAGNOSTIC_CHARS = 300
+# Anything that looks like a token: long runs of token characters.
+_TOKENISH = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")
+
+
+class WorkfrontError(Exception):
+    """Base of every upstream failure. ``detail`` is safe to log and store."""
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.status = status
+
+
+class TransientError(WorkfrontError):
+    """Network, timeout, 5xx, 408 or 429: the grant is intact, try again later."""
+
+    def __init__(
+        self, detail: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.retry_after = retry_after
+
+
+class GrantRevokedError(WorkfrontError):
+    """Any other 4xx from the token endpoint: the code or refresh token is dead."""
+
+
+class SessionRejectedError(WorkfrontError):
+    """The API refused a sessionID (401): the session is gone, the grant may be fine."""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSet:
+    access_token: str
+    refresh_token: str
+    expires_at: datetime
+    wid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkfrontUser:
+    user_id: str
+    customer_id: str | None
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """Shorten an upstream body for diagnosis, removing secrets and token-like strings."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _TOKENISH.sub("[redacted]", text)
+    return text[:_MAX_DIAGNOSTIC_CHARS]
+
+
+def pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class WorkfrontClient:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        self._http = http
+        self._base = settings.workfront_url
+        self._api = f"{self._base}/attask/api/{settings.workfront_api_version}"
+
+    @staticmethod
+    def make_http_client(settings: Settings) -> httpx.AsyncClient:
+        timeout = settings.upstream_timeout_seconds
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+            headers={"User-Agent": "workfront-token-broker/0.1"},
+        )
+
+    # Authorize ---------------------------------------------------------------
+
+    def authorize_url(self, *, state: str, code_challenge: str | None = None) -> str:
+        params = {
+            "client_id": self._settings.client_id,
+            "redirect_uri": self._settings.redirect_uri,
+            "response_type": "code",
+            "state": state,
+        }
+        if code_challenge is not None:
+            params["code_challenge"] = code_challenge
+            params["code_challenge_method"] = "S256"
+        return f"{self._base}{AUTHORIZE_PATH}?{urlencode(params)}"
+
+    # Token endpoint ----------------------------------------------------------
+
+    async def exchange_code(self, code: str, *, code_verifier: str | None = None) -> TokenSet:
+        fields = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": self._settings.redirect_uri,
+        }
+        if code_verifier is not None:
+            fields["code_verifier"] = code_verifier
+        return await self._token_request(fields, secret=code, previous_refresh_token=None)
+
+    async def refresh(self, refresh_token: str) -> TokenSet:
+        fields = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+        if self._settings.token_auth == "form":
+            # The documented form-style refresh carries redirect_uri too.
+            fields["redirect_uri"] = self._settings.redirect_uri
+        return await self._token_request(
+            fields, secret=refresh_token, previous_refresh_token=refresh_token
+        )
+
+    async def _token_request(
+        self, fields: dict[str, str], *, secret: str, previous_refresh_token: str | None
+    ) -> TokenSet:
+        client_secret = self._settings.client_secret.get_secret_value()
+        url = f"{self._base}{TOKEN_PATH}"
+        started = time.monotonic()
+        try:
+            if self._settings.token_auth == "basic_json":
+                response = await self._http.post(
+                    url, json=fields, auth=(self._settings.client_id, client_secret)
+                )
+            else:
+                form = {
+                    **fields,
+                    "client_id": self._settings.client_id,
+                    "client_secret": client_secret,
+                }
+                response = await self._http.post(url, data=form)
+        except httpx.TimeoutException:
+            raise TransientError("token endpoint timed out") from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"token endpoint unreachable ({type(exc).__name__})") from None
+        finally:
+            log.debug("token endpoint answered in %.3fs", time.monotonic() - started)
+
+        status = response.status_code
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise TransientError(
+                f"token endpoint answered {status}",
+                status=status,
+                retry_after=_retry_after(response),
+            )
+        if status >= 400:
+            body = redact(response.text, secret, client_secret)
+            raise GrantRevokedError(f"token endpoint answered {status}: {body}", status=status)
+        if status != 200:
+            raise TransientError(f"token endpoint answered {status}", status=status)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise TransientError("token endpoint answered 200 with a non-JSON body") from None
+        return self._token_set(payload, previous_refresh_token=previous_refresh_token)
+
+    def _token_set(self, payload: Any, *, previous_refresh_token: str | None) -> TokenSet:
+        if not isinstance(payload, dict):
+            raise TransientError("token response is not a JSON object")
+        access = payload.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise TransientError("token response has no access_token")
+        refresh = payload.get("refresh_token")
+        if not isinstance(refresh, str) or not refresh:
+            # Rotation off: Workfront may omit or repeat it; keep the old one.
+            if previous_refresh_token is None:
+                raise TransientError("token response has no refresh_token")
+            refresh = previous_refresh_token
+        expires_in = payload.get("expires_in")
+        lifetime = (
+            expires_in
+            if isinstance(expires_in, int | float)
+            and not isinstance(expires_in, bool)
+            and expires_in > 0
+            else self._settings.session_ttl_seconds
+        )
+        wid = payload.get("wid")
+        return TokenSet(
+            access_token=access,
+            refresh_token=refresh,
+            expires_at=datetime.now(UTC) + timedelta(seconds=float(lifetime)),
+            wid=str(wid) if wid is not None else None,
+        )
+
+    # API ---------------------------------------------------------------------
+
+    async def get_user(self, access_token: str) -> WorkfrontUser:
+        """Learn which user a sessionID belongs to (GET /attask/api/<version>/session)."""
+        try:
+            response = await self._http.get(
+                f"{self._api}/session", headers={"sessionID": access_token}
+            )
+        except httpx.TimeoutException:
+            raise TransientError("session lookup timed out") from None
+        except httpx.HTTPError as exc:
+            raise TransientError(f"session lookup failed ({type(exc).__name__})") from None
+        status = response.status_code
+        if status == 401:
+            raise SessionRejectedError("session lookup answered 401", status=status)
+        if status != 200:
+            raise TransientError(f"session lookup answered {status}", status=status)
+        try:
+            payload = response.json()
+        except ValueError:
+            raise TransientError("session lookup answered a non-JSON body") from None
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict):
+            # Workfront sometimes answers errors with HTTP 200 and {"error": ...}.
+            raise SessionRejectedError("session lookup answered an error", status=status)
+        user_id = data.get("userID")
+        if not isinstance(user_id, str) or not user_id:
+            raise TransientError("session lookup answered no userID")
+        customer = data.get("customerID")
+        return WorkfrontUser(user_id=user_id, customer_id=str(customer) if customer else None)
+
+    async def logout(self, access_token: str) -> bool:
+        """End a session; best effort (Workfront has no OAuth revoke endpoint)."""
+        try:
+            response = await self._http.get(
+                f"{self._api}/logout", headers={"sessionID": access_token}
+            )
+        except httpx.HTTPError as exc:
+            log.info(
+                "logout call failed (%s); the session will lapse by itself", type(exc).__name__
+            )
+            return False
+        return response.status_code == 200
