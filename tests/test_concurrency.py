@@ -1,0 +1,314 @@
+"""Refresh under concurrency: one upstream call, never a refresh token presented twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from service.config import Settings
+from tests.conftest import (
+    ADMIN_KEY,
+    BrokerHarness,
+    Emulator,
+    free_port,
+    running_broker,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def _expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
+    await db.execute(
+        "UPDATE connections SET expires_at = $2 WHERE id = $1",
+        connection_id,
+        datetime.now(UTC) + timedelta(seconds=seconds),
+    )
+
+
+async def _refresh_requests(emulator: Emulator) -> list[dict[str, object]]:
+    return [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"]
+
+
+async def test_fifty_token_requests_share_one_refresh(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    await _expire_soon(db, connection_id, 10)
+    await broker.emulator.configure(latency_ms=100)
+    responses = await asyncio.gather(
+        *(
+            broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+            for _ in range(50)
+        )
+    )
+    assert {r.status_code for r in responses} == {200}
+    assert len({r.json()["session_id"] for r in responses}) == 1
+    assert len(await _refresh_requests(broker.emulator)) == 1
+    assert await broker.emulator.presented_twice() == []
+
+
+async def test_fifty_forced_refreshes_share_one_upstream_call(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    await broker.emulator.configure(latency_ms=100)
+    responses = await asyncio.gather(
+        *(
+            broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+            for _ in range(50)
+        )
+    )
+    assert {r.status_code for r in responses} == {200}
+    assert len(await _refresh_requests(broker.emulator)) == 1
+
+
+async def test_successive_refreshes_present_each_token_once(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    sessions = set()
+    for _ in range(5):
+        response = await broker.client.post(
+            f"/v1/connections/{connection_id}/refresh", headers=headers
+        )
+        assert response.status_code == 200
+        sessions.add(response.json()["session_id"])
+    assert len(sessions) == 5
+    assert len(await _refresh_requests(broker.emulator)) == 5
+    assert await broker.emulator.presented_twice() == []
+    assert (await broker.emulator.stats())["reuse_detected"] == 0
+    version = await db.fetchval(
+        "SELECT token_version FROM connections WHERE id = $1", connection_id
+    )
+    assert version == 6
+
+
+async def test_caller_going_away_does_not_lose_the_rotated_token(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    await broker.emulator.configure(latency_ms=300)
+    call = asyncio.create_task(
+        broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+    )
+    await asyncio.sleep(0.1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    # The shielded refresh finishes and commits on its own.
+    for _ in range(100):
+        version = await db.fetchval(
+            "SELECT token_version FROM connections WHERE id = $1", connection_id
+        )
+        if version == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert version == 2
+    await broker.emulator.configure(latency_ms=0)
+    again = await broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+    assert again.status_code == 200
+    assert await broker.emulator.presented_twice() == []
+
+
+async def test_transient_failure_serves_the_current_session_while_valid(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    current = (
+        await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+    ).json()["session_id"]
+    await _expire_soon(db, connection_id, 30)
+    await broker.emulator.faults({"kind": "status", "status": 502})
+    response = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+    assert response.status_code == 200
+    assert response.json()["session_id"] == current
+    row = await db.fetchrow("SELECT * FROM connections WHERE id = $1", connection_id)
+    assert row["status"] == "active"
+    assert row["refresh_failures"] == 1
+    assert "502" in row["last_error"]
+
+
+async def test_transient_failure_after_expiry_is_503_with_retry_after(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    await _expire_soon(db, connection_id, -1)
+    await broker.emulator.faults({"kind": "status", "status": 429, "retry_after": 7})
+    response = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "7"
+    assert response.headers["content-type"] == "application/problem+json"
+    # The grant is intact: the next attempt succeeds with the same refresh token.
+    retry = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+    assert retry.status_code == 200
+    statuses = [r["status"] for r in await _refresh_requests(broker.emulator)]
+    assert statuses == [429, 200]
+
+
+async def test_timeout_is_transient(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    async with running_broker(settings_for(upstream_timeout_seconds=0.5), emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        await emulator.configure(hang_seconds=2)
+        await emulator.faults({"kind": "timeout"})
+        response = await broker.client.post(
+            f"/v1/connections/{connection_id}/refresh", headers=headers
+        )
+        assert response.status_code == 503
+        status = await db.fetchval("SELECT status FROM connections WHERE id = $1", connection_id)
+        assert status == "active"
+
+
+@pytest.mark.parametrize("omit", [False, True])
+async def test_rotation_off_keeps_the_refresh_token(
+    broker: BrokerHarness, db: asyncpg.Connection, omit: bool
+) -> None:
+    await broker.emulator.configure(rotate_refresh_tokens=False, omit_refresh_token=omit)
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    for _ in range(3):
+        response = await broker.client.post(
+            f"/v1/connections/{connection_id}/refresh", headers=headers
+        )
+        assert response.status_code == 200, response.text
+    presented = {r["refresh_token"] for r in await _refresh_requests(broker.emulator)}
+    assert len(presented) == 1
+
+
+async def test_expires_in_positive_is_used(broker: BrokerHarness, db: asyncpg.Connection) -> None:
+    await broker.emulator.configure(expires_in=600)
+    connection_id = await broker.connect("alice")
+    expires_at = await db.fetchval(
+        "SELECT expires_at FROM connections WHERE id = $1", connection_id
+    )
+    assert timedelta(seconds=590) < expires_at - datetime.now(UTC) <= timedelta(seconds=600)
+
+
+async def test_expires_in_zero_assumes_configured_lifetime(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("alice")
+    expires_at = await db.fetchval(
+        "SELECT expires_at FROM connections WHERE id = $1", connection_id
+    )
+    ttl = broker.settings.session_ttl_seconds
+    assert timedelta(seconds=ttl - 10) < expires_at - datetime.now(UTC) <= timedelta(seconds=ttl)
+
+
+# Across processes ----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def serve_processes(
+    count: int, *, database_url: str, settings: Settings, log_dir: Path
+) -> AsyncIterator[list[str]]:
+    """Start real `python -m service serve` processes on one database."""
+    env = {
+        **os.environ,
+        "BROKER_DATABASE_URL": database_url,
+        "BROKER_WORKFRONT_URL": settings.workfront_url,
+        "BROKER_WORKFRONT_DOMAIN": "acme",
+        "BROKER_WORKFRONT_LANE": "my",
+        "BROKER_CLIENT_ID": settings.client_id,
+        "BROKER_CLIENT_SECRET": settings.client_secret.get_secret_value(),
+        "BROKER_REDIRECT_URI": settings.redirect_uri,
+        "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
+        "BROKER_ADMIN_API_KEY": ADMIN_KEY,
+    }
+    ports = [free_port() for _ in range(count)]
+    processes = []
+    for index, port in enumerate(ports):
+        log = (log_dir / f"serve-{index}.log").open("w")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "service", "serve", "--port", str(port)],
+                cwd=log_dir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        async with httpx.AsyncClient() as probe:
+            for url, process in zip(urls, processes, strict=True):
+                deadline = time.monotonic() + 30
+                while True:
+                    assert process.poll() is None, (log_dir / "serve-0.log").read_text()
+                    try:
+                        if (await probe.get(f"{url}/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, "serve did not become ready"
+                    await asyncio.sleep(0.1)
+        yield urls
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def test_two_processes_share_one_refresh(
+    broker: BrokerHarness,
+    db: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    connection_id = await broker.connect("alice")
+    headers = await broker.api_key("tokens:read")
+    async with serve_processes(
+        2, database_url=database_url, settings=broker.settings, log_dir=tmp_path
+    ) as urls:
+        await _expire_soon(db, connection_id, 10)
+        await broker.emulator.configure(latency_ms=300)
+        async with httpx.AsyncClient(timeout=30) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.get(
+                        f"{urls[i % 2]}/v1/connections/{connection_id}/token", headers=headers
+                    )
+                    for i in range(50)
+                )
+            )
+            assert {r.status_code for r in responses} == {200}
+            assert len({r.json()["session_id"] for r in responses}) == 1
+            assert len(await _refresh_requests(broker.emulator)) == 1
+
+            forced = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{urls[i % 2]}/v1/connections/{connection_id}/refresh", headers=headers
+                    )
+                    for i in range(50)
+                )
+            )
+            assert {r.status_code for r in forced} == {200}
+    assert len(await _refresh_requests(broker.emulator)) == 2
+    assert await broker.emulator.presented_twice() == []
+    assert (await broker.emulator.stats())["reuse_detected"] == 0
