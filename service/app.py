@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request, Response
 
 from service.config import Settings
 from service.problems import Problem, install_problem_handlers
-from service.routes import clients, connections, oauth, ops
+from service.routes import clients, connect_sessions, connections, oauth, ops
 from service.runtime import open_runtime
 
 access_log = logging.getLogger("service.access")
@@ -40,7 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for module in (oauth, connections, clients, ops):
+    for module in (oauth, connections, connect_sessions, clients, ops):
         app.include_router(module.router)
 
     @app.middleware("http")

@@ -31,7 +31,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
 from service.db import SessionFactory
-from service.models import STATUS_ACTIVE, STATUS_NEEDS_REAUTH, Connection, Event
+from service.models import (
+    STATUS_ACTIVE,
+    STATUS_NEEDS_REAUTH,
+    Connection,
+    ConnectSession,
+    Event,
+)
 from service.workfront import (
     GrantRevokedError,
     TokenSet,
@@ -52,6 +58,10 @@ class ConnectionNotFound(Exception):
 
 class NeedsReauth(Exception):
     pass
+
+
+class ConnectLinkSpent(Exception):
+    """A connect link was used by a concurrent callback first."""
 
 
 class UpstreamUnavailable(Exception):
@@ -246,16 +256,24 @@ class Broker:
     # Connecting and disconnecting ------------------------------------------------
 
     async def store_connection(
-        self, *, user: WorkfrontUser, tokens: TokenSet, external_ref: str | None
+        self,
+        *,
+        user: WorkfrontUser,
+        tokens: TokenSet,
+        external_ref: str | None,
+        connect_session_id: uuid.UUID | None = None,
     ) -> tuple[uuid.UUID, bool]:
         """Create the user's connection, or update it on re-authorization.
 
-        Returns (connection id, created). One transaction: a failure stores nothing.
+        Returns (connection id, created). One transaction: a failure stores
+        nothing, and a connect link is spent in the same transaction.
         """
         instance = self._settings.instance_host
         for _attempt in range(2):
             try:
                 async with self._sessions() as session, session.begin():
+                    if connect_session_id is not None:
+                        await self._spend_connect_session(session, connect_session_id)
                     row = await session.scalar(
                         select(Connection)
                         .where(Connection.instance == instance, Connection.user_id == user.user_id)
@@ -287,6 +305,17 @@ class Broker:
                 # Two callbacks for one new user raced on the unique key: retry as an update.
                 continue
         raise RuntimeError("could not store the connection after a concurrent insert")
+
+    @staticmethod
+    async def _spend_connect_session(session: AsyncSession, connect_session_id: uuid.UUID) -> None:
+        spent = await session.scalar(
+            update(ConnectSession)
+            .where(ConnectSession.id == connect_session_id, ConnectSession.used_at.is_(None))
+            .values(used_at=_now())
+            .returning(ConnectSession.id)
+        )
+        if spent is None:
+            raise ConnectLinkSpent
 
     def _new_row_values(
         self, connection_id: uuid.UUID, instance: str, user: WorkfrontUser, tokens: TokenSet

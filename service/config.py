@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def public_base_url(self) -> str:
+        """The broker's own origin, taken from the registered redirect URI."""
+        parts = urlsplit(self.redirect_uri)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
     def cookie_secure(self) -> bool:
         return self.redirect_uri.startswith("https://")
 

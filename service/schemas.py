@@ -80,3 +80,26 @@ class ClientCreated(BaseModel):
     api_key: str = Field(
         description="Shown this once; only its hash is stored.", examples=["wtb_<key>"]
     )
+
+
+class ConnectSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    external_ref: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Your reference for the person (e.g. your user id); the connection carries it.",
+        examples=["user-4711"],
+    )
+    return_url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Where the browser ends; must start with a BROKER_ALLOWED_RETURN_URLS prefix.",
+        examples=["https://app.example.com/settings/workfront"],
+    )
+
+
+class ConnectSessionOut(BaseModel):
+    id: uuid.UUID
+    url: str = Field(description="One-time link to give to the person.")
+    expires_at: datetime

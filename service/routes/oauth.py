@@ -19,15 +19,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import delete, select, update
 
 from service.auth import now_utc
+from service.broker import ConnectLinkSpent
 from service.crypto import row_aad
 from service.deps import RuntimeDep
-from service.models import Authorization
+from service.models import Authorization, ConnectSession
+from service.routes.connect_sessions import connect_session_digest
 from service.workfront import (
     GrantRevokedError,
     SessionRejectedError,
@@ -82,17 +85,54 @@ def _error_page(request: Request, failure: CallbackFailure) -> HTMLResponse:
     return response
 
 
+OptionalParam = Annotated[str | None, Query(max_length=_MAX_PARAM)]
+SessionParam = Annotated[
+    str | None,
+    Query(
+        alias="session",
+        max_length=128,
+        description="A connect-session token from POST /v1/connect-sessions.",
+    ),
+]
+
+
 @router.get(
-    "/connect", summary="Page with a 'Connect Workfront' button", response_class=HTMLResponse
+    "/connect",
+    summary="Page with a 'Connect Workfront' button",
+    response_class=HTMLResponse,
+    responses={400: {"description": "HTML page: the connect link is unknown, used or expired"}},
 )
-async def connect_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
+async def connect_page(
+    request: Request, runtime: RuntimeDep, link: SessionParam = None
+) -> HTMLResponse:
+    authorize_url = request.url_for("start_authorization")
+    if link is not None:
+        try:
+            await _live_connect_session(runtime, link)
+        except CallbackFailure as failure:
+            return _error_page(request, failure)
+        authorize_url = authorize_url.include_query_params(session=link)
     return _page(
         request,
         "connect.html",
         200,
         instance=runtime.settings.instance_host,
-        authorize_url=str(request.url_for("start_authorization")),
+        authorize_url=str(authorize_url),
     )
+
+
+async def _live_connect_session(runtime: RuntimeDep, token: str) -> ConnectSession:
+    async with runtime.sessions() as db:
+        found = await db.scalar(
+            select(ConnectSession).where(ConnectSession.token_hash == connect_session_digest(token))
+        )
+    if found is None:
+        raise _bad("This connect link is unknown. Ask for a new one.")
+    if found.used_at is not None:
+        raise _bad("This connect link was already used. Ask for a new one.")
+    if found.expires_at <= now_utc():
+        raise _bad("This connect link expired. Ask for a new one.")
+    return found
 
 
 @router.get(
@@ -100,10 +140,21 @@ async def connect_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     summary="Start the authorization: 302 to Workfront's authorize page",
     status_code=302,
     response_class=RedirectResponse,
-    responses={302: {"description": "Redirect to Workfront; sets the attempt cookie"}},
+    responses={
+        302: {"description": "Redirect to Workfront; sets the attempt cookie"},
+        400: {"description": "HTML page: the connect link is unknown, used or expired"},
+    },
 )
-async def start_authorization(runtime: RuntimeDep) -> Response:
+async def start_authorization(
+    request: Request, runtime: RuntimeDep, link: SessionParam = None
+) -> Response:
     settings = runtime.settings
+    connect_session_id = None
+    if link is not None:
+        try:
+            connect_session_id = (await _live_connect_session(runtime, link)).id
+        except CallbackFailure as failure:
+            return _error_page(request, failure)
     state = secrets.token_urlsafe(32)  # 256 bits
     browser = secrets.token_urlsafe(32)
     attempt_id = uuid.uuid4()
@@ -126,6 +177,7 @@ async def start_authorization(runtime: RuntimeDep) -> Response:
                     if verifier
                     else None
                 ),
+                connect_session_id=connect_session_id,
                 expires_at=now + ATTEMPT_TTL,
             )
         )
@@ -145,14 +197,12 @@ async def start_authorization(runtime: RuntimeDep) -> Response:
     return response
 
 
-OptionalParam = Annotated[str | None, Query(max_length=_MAX_PARAM)]
-
-
 @router.get(
     "/oauth/callback",
     summary="Workfront redirects here with the authorization code",
     response_class=HTMLResponse,
     responses={
+        302: {"description": "Connected through a connect link: on to its return_url"},
         400: {"description": "HTML page: the attempt was refused; nothing stored"},
         502: {"description": "HTML page: Workfront failed; nothing stored"},
     },
@@ -165,15 +215,22 @@ async def oauth_callback(
     domain: OptionalParam = None,
     lane: OptionalParam = None,
     error: OptionalParam = None,
-) -> HTMLResponse:
+) -> Response:
     try:
-        connection_id, created = await _complete(
+        connection_id, created, return_url = await _complete(
             request, runtime, code=code, state=state, domain=domain, lane=lane, error=error
         )
     except CallbackFailure as failure:
         log.info("callback refused: %s", failure.message)
         return _error_page(request, failure)
-    response = _page(request, "success.html", 200, connection_id=connection_id, created=created)
+    response: Response
+    if return_url is not None:
+        target = httpx.URL(return_url).copy_merge_params(
+            {"connection_id": str(connection_id), "status": "connected"}
+        )
+        response = RedirectResponse(str(target), status_code=302, headers=_PAGE_HEADERS)
+    else:
+        response = _page(request, "success.html", 200, connection_id=connection_id, created=created)
     response.delete_cookie(ATTEMPT_COOKIE, path="/oauth")
     return response
 
@@ -187,7 +244,7 @@ async def _complete(
     domain: str | None,
     lane: str | None,
     error: str | None,
-) -> tuple[uuid.UUID, bool]:
+) -> tuple[uuid.UUID, bool, str | None]:
     settings = runtime.settings
     attempt = await _consume_attempt(request, runtime, state=state)
     if error is not None:
@@ -225,7 +282,22 @@ async def _complete(
             "Workfront could not be reached or failed. "
             "Nothing was stored; please try again in a moment.",
         ) from None
-    return await runtime.broker.store_connection(user=user, tokens=tokens, external_ref=None)
+    link = None
+    if attempt.connect_session_id is not None:
+        async with runtime.sessions() as db:
+            link = await db.get(ConnectSession, attempt.connect_session_id)
+        if link is None or link.used_at is not None:
+            raise _bad("This connect link was already used. Ask for a new one.")
+    try:
+        connection_id, created = await runtime.broker.store_connection(
+            user=user,
+            tokens=tokens,
+            external_ref=link.external_ref if link else None,
+            connect_session_id=link.id if link else None,
+        )
+    except ConnectLinkSpent:
+        raise _bad("This connect link was already used. Ask for a new one.") from None
+    return connection_id, created, link.return_url if link else None
 
 
 async def _consume_attempt(
