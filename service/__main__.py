@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.config import ConfigError, load_database_url, load_settings, require_database_url
+from service.config import ConfigError, load_database_url, load_settings
 
 
 def _configure_logging(level: str = "INFO") -> None:
@@ -35,8 +35,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from service.app import create_app
     from service.serving import make_server, serve_until_signalled
 
-    settings = load_settings()
-    require_database_url(settings)
+    settings = load_settings(require_database=True)
     _configure_logging(settings.log_level)
     server = make_server(
         create_app(settings), host=args.host, port=args.port, log_level=settings.log_level

@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
 from service.db import SessionFactory
+from service.metrics import REFRESHES
 from service.models import (
     STATUS_ACTIVE,
     STATUS_NEEDS_REAUTH,
@@ -210,6 +211,7 @@ class Broker:
                 log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
                 # Committed when the block exits; the exception leaves after that.
                 failure: Exception = NeedsReauth()
+                REFRESHES.labels(outcome="revoked").inc()
             except TransientError as exc:
                 row.refresh_failures += 1
                 row.last_error = f"transient: {exc.detail}"
@@ -221,6 +223,7 @@ class Broker:
                     detail=exc.detail,
                 )
                 log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
+                REFRESHES.labels(outcome="transient").inc()
                 if not forced and remaining > timedelta(0):
                     # Keep serving the current session while it is still valid.
                     return self._issued(row)
@@ -228,6 +231,7 @@ class Broker:
             else:
                 self._store_tokens(row, tokens)
                 await record_event(session, "refresh.succeeded", connection_id=row.id)
+                REFRESHES.labels(outcome="ok").inc()
                 return self._issued(row)
         raise failure
 

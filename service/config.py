@@ -116,6 +116,13 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("client_secret")
+    @classmethod
+    def _client_secret(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("admin_api_key")
     @classmethod
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -186,18 +193,34 @@ def _problem_line(error: Any) -> str:
     return f"{variable}: {message}"
 
 
-def load_settings(**overrides: Any) -> Settings:
+def load_settings(*, require_database: bool = False, **overrides: Any) -> Settings:
     """Settings from the environment and .env; ConfigError holds one line per problem."""
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+        problems = [_problem_line(error) for error in exc.errors()]
+        if require_database and not _database_url_given(overrides):
+            problems.append(f"{ENV_PREFIX}DATABASE_URL: required but not set")
+        raise ConfigError(sorted(problems)) from None
+    if require_database:
+        require_database_url(settings)
     if settings.expected_domain_lane() is None:
         log.warning(
             "BROKER_WORKFRONT_DOMAIN/BROKER_WORKFRONT_LANE not set and not derivable from "
             "the instance host: the callback's domain/lane check is off"
         )
     return settings
+
+
+def _database_url_given(overrides: dict[str, Any]) -> bool:
+    """Whether a database URL is set anywhere, for reporting it with the other problems."""
+    if overrides.get("database_url"):
+        return True
+    try:
+        return DatabaseSettings().database_url is not None
+    except ValidationError as exc:
+        # Present but malformed is reported by Settings itself.
+        return any(error.get("type") != "missing" for error in exc.errors())
 
 
 def require_database_url(settings: Settings) -> str:

@@ -49,7 +49,11 @@ def _b64decode_any(text: str) -> bytes:
 
 
 def parse_keyring(spec: str) -> list[tuple[str, bytes]]:
-    """Parse ``key_id:base64key,...``; raise KeyringError naming the bad entry by position/id."""
+    """Parse ``key_id:base64key,...``; raise KeyringError naming the bad entry.
+
+    Entries are named by position only: an id and key given the wrong way
+    round would otherwise put the key into the message.
+    """
     entries = [part.strip() for part in spec.split(",") if part.strip()]
     if not entries:
         raise KeyringError("no keys given (expected key_id:base64key[,key_id:base64key…])")
@@ -62,13 +66,13 @@ def parse_keyring(spec: str) -> list[tuple[str, bytes]]:
         if not _KEY_ID.match(key_id):
             raise KeyringError(f"entry {position}: key id must be 1-64 of A-Z a-z 0-9 _ . -")
         if key_id in seen:
-            raise KeyringError(f"key id {key_id!r} appears twice")
+            raise KeyringError(f"entry {position}: its key id appears earlier too")
         try:
             raw = _b64decode_any(encoded)
         except (binascii.Error, ValueError):
-            raise KeyringError(f"key {key_id!r} is not valid base64") from None
+            raise KeyringError(f"entry {position}: the key is not valid base64") from None
         if len(raw) != KEY_BYTES:
-            raise KeyringError(f"key {key_id!r} must decode to 32 bytes, got {len(raw)}")
+            raise KeyringError(f"entry {position}: the key must decode to 32 bytes, not {len(raw)}")
         seen.add(key_id)
         keys.append((key_id, raw))
     return keys

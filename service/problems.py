@@ -22,6 +22,7 @@ _TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     422: "Unprocessable content",
+    500: "Internal server error",
     503: "Service unavailable",
 }
 

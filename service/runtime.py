@@ -19,12 +19,20 @@ from service.crypto import TokenCipher
 from service.db import SessionFactory, make_engine, make_session_factory
 from service.workfront import WorkfrontClient
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+
+def _project_root() -> Path:
+    """Where alembic.ini lives: beside the package in a checkout or editable
+    install, else the working directory (commands run from the repository root)."""
+    beside_package = Path(__file__).resolve().parent.parent
+    if (beside_package / "alembic.ini").exists():
+        return beside_package
+    return Path.cwd()
 
 
 def alembic_config(database_url: str | None = None) -> Config:
-    config = Config(str(REPO_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(REPO_ROOT / "alembic"))
+    root = _project_root()
+    config = Config(str(root / "alembic.ini"))
+    config.set_main_option("script_location", str(root / "alembic"))
     if database_url is not None:
         # '%' must be doubled for configparser interpolation.
         config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))

@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 import httpx
 
 from service.config import Settings
+from service.metrics import UPSTREAM_LATENCY
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ class WorkfrontClient:
         except httpx.HTTPError as exc:
             raise TransientError(f"token endpoint unreachable ({type(exc).__name__})") from None
         finally:
-            log.debug("token endpoint answered in %.3fs", time.monotonic() - started)
+            UPSTREAM_LATENCY.labels(call="token").observe(time.monotonic() - started)
 
         status = response.status_code
         if status >= 500 or status in _TRANSIENT_STATUSES:

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import select
 
 from service.broker import ConnectionNotFound, IssuedToken, NeedsReauth, UpstreamUnavailable
+from service.crypto import DecryptionError
 from service.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, TokensReader
+from service.metrics import TOKEN_REQUESTS
 from service.models import Connection
 from service.problems import ProblemError, ResponsesDoc, problem_doc
 from service.schemas import ConnectionOut, ConnectionStatus, TokenOut
@@ -44,6 +46,22 @@ def _token_out(runtime: RuntimeDep, issued: IssuedToken) -> TokenOut:
 
 
 async def _issue(runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int | None) -> TokenOut:
+    kind = "token" if min_ttl is not None else "refresh"
+    outcome = "error"
+    try:
+        token = await _issue_unmetered(runtime, connection_id, min_ttl=min_ttl)
+        outcome = "ok"
+        return token
+    except ProblemError as exc:
+        outcome = exc.slug
+        raise
+    finally:
+        TOKEN_REQUESTS.labels(kind=kind, outcome=outcome).inc()
+
+
+async def _issue_unmetered(
+    runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int | None
+) -> TokenOut:
     broker = runtime.broker
     try:
         if min_ttl is None:
@@ -55,6 +73,14 @@ async def _issue(runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int 
     except NeedsReauth:
         raise ProblemError(
             409, "needs-reauth", "the Workfront user must authorize again via /connect"
+        ) from None
+    except DecryptionError:
+        # Tampered row or a key missing from BROKER_ENCRYPTION_KEYS: a server
+        # fault, reported plainly and never papered over with another value.
+        raise ProblemError(
+            500,
+            "stored-token-unreadable",
+            "the stored token cannot be decrypted; check BROKER_ENCRYPTION_KEYS",
         ) from None
     except UpstreamUnavailable as exc:
         retry = max(1, round(exc.retry_after or 5))
