@@ -13,6 +13,7 @@ from service.config import Settings
 from service.problems import Problem, install_problem_handlers
 from service.routes import clients, connect_sessions, connections, oauth, ops
 from service.runtime import open_runtime
+from service.schemas import ClientCreate, ConnectSessionCreate
 
 access_log = logging.getLogger("service.access")
 
@@ -73,7 +74,12 @@ def _register_problem_schema(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {})
-        components.setdefault("schemas", {})["Problem"] = Problem.model_json_schema()
+        schemas = components.setdefault("schemas", {})
+        # Bodies parsed by service.deps.json_body are referenced, not inferred.
+        for model in (Problem, ClientCreate, ConnectSessionCreate):
+            schemas[model.__name__] = model.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
         app.openapi_schema = schema
         return schema
 

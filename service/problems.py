@@ -108,6 +108,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like
+            # any other body that does not validate.
+            return problem_response(422, "invalid-request", "the request body cannot be parsed")
         slug = _SLUGS.get(exc.status_code, "http-error")
         detail = exc.detail if isinstance(exc.detail, str) else None
         return problem_response(exc.status_code, slug, detail, headers=exc.headers)

@@ -8,6 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
+# control characters (they only ever come from a mistake or an attack).
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+
 Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
 ConnectionStatus = Literal["active", "needs_reauth"]
 
@@ -88,12 +92,14 @@ class ConnectSessionCreate(BaseModel):
     external_ref: str = Field(
         min_length=1,
         max_length=255,
+        pattern=NO_CONTROL_CHARS,
         description="Your reference for the person (e.g. your user id); the connection carries it.",
         examples=["user-4711"],
     )
     return_url: str = Field(
         min_length=1,
         max_length=2048,
+        pattern=NO_CONTROL_CHARS,
         description="Where the browser ends; must start with a BROKER_ALLOWED_RETURN_URLS prefix.",
         examples=["https://app.example.com/settings/workfront"],
     )

@@ -287,11 +287,6 @@ async def test_real_connection_is_untouched_by_a_forbidden_delete(
     assert await db.fetchval("SELECT count(*) FROM connections WHERE id = $1", connection_id) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: FastAPI parses the JSON body before running the auth dependency, "
-    "so an unauthenticated malformed body gets 422 instead of 401",
-    strict=True,
-)
 async def test_malformed_body_without_key_is_401_not_422(api: BrokerHarness) -> None:
     response = await api.client.post(
         "/v1/clients", content=b"{not json", headers={"content-type": "application/json"}
@@ -485,14 +480,9 @@ async def test_bad_client_body_is_422_and_writes_nothing(
         (b"{not json", "application/json"),
         (b"", "application/json"),
         (b'{"name": "svc", "scopes": ["tokens:read"]', "application/json"),
-        pytest.param(
+        (
             b"\xff\xfe\x00",
             "application/json",
-            marks=pytest.mark.xfail(
-                reason="BUG (minor): a body that is not UTF-8 gets FastAPI's 400, "
-                "not the contract's 422",
-                strict=True,
-            ),
         ),
         (b"name=svc&scopes=tokens:read", "application/x-www-form-urlencoded"),
         (b'{"name": "svc", "scopes": ["tokens:read"]}', "text/plain"),
@@ -601,25 +591,9 @@ async def test_bad_list_filters_are_422(api: BrokerHarness, query: str) -> None:
 @pytest.mark.parametrize(
     "query",
     [
-        pytest.param(
-            "offset=99999999999999999999",
-            marks=pytest.mark.xfail(
-                reason="BUG: offset has no upper bound; PostgreSQL overflows bigint (500)",
-                strict=True,
-            ),
-        ),
-        pytest.param(
-            "user_id=%00",
-            marks=pytest.mark.xfail(
-                reason="BUG: a NUL byte in a text filter reaches PostgreSQL (500)", strict=True
-            ),
-        ),
-        pytest.param(
-            "external_ref=ref%00x",
-            marks=pytest.mark.xfail(
-                reason="BUG: a NUL byte in a text filter reaches PostgreSQL (500)", strict=True
-            ),
-        ),
+        "offset=99999999999999999999",
+        "user_id=%00",
+        "external_ref=ref%00x",
     ],
 )
 async def test_list_filters_that_postgres_cannot_take_are_4xx(

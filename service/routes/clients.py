@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select, update
 
 from service.auth import hash_key, key_hint, new_api_key, now_utc
 from service.broker import record_event
 from service.db import SessionFactory
-from service.deps import Admin, RuntimeDep
+from service.deps import Admin, RuntimeDep, json_body, json_body_doc
 from service.models import ApiClient
 from service.problems import ProblemError, ResponsesDoc, problem_doc
 from service.schemas import ClientCreate, ClientCreated, ClientOut
@@ -61,8 +62,13 @@ async def create_client(
     status_code=201,
     response_model=ClientCreated,
     responses=_AUTH_ERRORS,
+    openapi_extra=json_body_doc(ClientCreate),
 )
-async def post_client(body: ClientCreate, runtime: RuntimeDep, principal: Admin) -> ClientCreated:
+async def post_client(
+    runtime: RuntimeDep,
+    principal: Admin,
+    body: Annotated[ClientCreate, Depends(json_body(ClientCreate))],
+) -> ClientCreated:
     return await create_client(
         runtime.sessions, name=body.name, scopes=list(body.scopes), created_by=principal.client_id
     )

@@ -6,13 +6,14 @@ import hashlib
 import secrets
 import uuid
 from datetime import timedelta
+from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from service.auth import now_utc
 from service.broker import record_event
-from service.deps import ConnectionsWriter, RuntimeDep
+from service.deps import ConnectionsWriter, RuntimeDep, json_body, json_body_doc
 from service.models import ConnectSession
 from service.problems import ProblemError, ResponsesDoc, problem_doc
 from service.schemas import ConnectSessionCreate, ConnectSessionOut
@@ -52,9 +53,12 @@ def return_url_allowed(url: str, prefixes: list[str]) -> bool:
     status_code=201,
     response_model=ConnectSessionOut,
     responses=_ERRORS,
+    openapi_extra=json_body_doc(ConnectSessionCreate),
 )
 async def create_connect_session(
-    body: ConnectSessionCreate, runtime: RuntimeDep, principal: ConnectionsWriter
+    runtime: RuntimeDep,
+    principal: ConnectionsWriter,
+    body: Annotated[ConnectSessionCreate, Depends(json_body(ConnectSessionCreate))],
 ) -> ConnectSessionOut:
     settings = runtime.settings
     if not return_url_allowed(body.return_url, settings.return_url_prefixes):

@@ -14,7 +14,7 @@ from service.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, Token
 from service.metrics import TOKEN_REQUESTS
 from service.models import Connection
 from service.problems import ProblemError, ResponsesDoc, problem_doc
-from service.schemas import ConnectionOut, ConnectionStatus, TokenOut
+from service.schemas import NO_CONTROL_CHARS, ConnectionOut, ConnectionStatus, TokenOut
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
 
@@ -130,11 +130,11 @@ async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: Tokens
 async def list_connections(
     runtime: RuntimeDep,
     _: ConnectionsReader,
-    user_id: Annotated[str | None, Query(max_length=64)] = None,
-    external_ref: Annotated[str | None, Query(max_length=255)] = None,
+    user_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
+    external_ref: Annotated[str | None, Query(max_length=255, pattern=NO_CONTROL_CHARS)] = None,
     status: ConnectionStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[ConnectionOut]:
     query = select(Connection).order_by(Connection.created_at, Connection.id)
     if user_id is not None:
