@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 
 from service.config import Settings
 from service.problems import Problem, install_problem_handlers
+from service.refresher import Refresher
 from service.routes import clients, connect_sessions, connections, oauth, ops
 from service.runtime import open_runtime
 from service.schemas import ClientCreate, ConnectSessionCreate
@@ -32,7 +35,21 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
-            yield
+            refresher_task = None
+            if settings.refresher_enabled:
+                refresher = Refresher(
+                    settings=settings, sessions=runtime.sessions, broker=runtime.broker
+                )
+                refresher_task = asyncio.create_task(refresher.run(), name="refresher")
+            try:
+                yield
+            finally:
+                if refresher_task is not None:
+                    refresher_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await refresher_task
+                # A refresh in flight holds a rotated token until it commits.
+                await runtime.broker.drain(within=settings.upstream_timeout_seconds + 5)
 
     app = FastAPI(
         title="Workfront token broker",

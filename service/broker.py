@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -129,7 +130,21 @@ class Broker:
         )
 
     def _next_refresh_at(self, expires_at: datetime) -> datetime:
-        return expires_at - timedelta(seconds=self._settings.refresh_ahead_seconds)
+        """When the refresher should renew: ahead of expiry, jittered earlier."""
+        ahead = self._settings.refresh_ahead_seconds
+        jitter = random.uniform(0, ahead * self._settings.refresh_jitter_fraction)  # noqa: S311
+        return expires_at - timedelta(seconds=ahead + jitter)
+
+    def _retry_at(self, failures: int, retry_after: float | None) -> datetime:
+        """Exponential backoff with full jitter, never sooner than Retry-After."""
+        settings = self._settings
+        ceiling = min(
+            settings.retry_max_seconds, settings.retry_base_seconds * 2 ** min(failures, 20)
+        )
+        delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return _now() + timedelta(seconds=delay)
 
     # Reading -----------------------------------------------------------------------
 
@@ -147,6 +162,16 @@ class Broker:
         return await self._join_flight(
             connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
         )
+
+    async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
+        """The refresher's call: refresh unless someone did since the claim read the row."""
+        await self._join_flight(connection_id, seen_version=seen_version, min_ttl=0, forced=True)
+
+    async def drain(self, within: float) -> None:
+        """Let refreshes in flight finish (they hold rotated tokens) before shutdown."""
+        flights = list(self._flights.values())
+        if flights:
+            await asyncio.wait(flights, timeout=within)
 
     async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
         """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
@@ -215,6 +240,8 @@ class Broker:
             except TransientError as exc:
                 row.refresh_failures += 1
                 row.last_error = f"transient: {exc.detail}"
+                row.last_error_class = "transient"
+                row.next_refresh_at = self._retry_at(row.refresh_failures, exc.retry_after)
                 await record_event(
                     session,
                     "refresh.failed",
@@ -246,6 +273,7 @@ class Broker:
         row.updated_at = now
         row.refresh_failures = 0
         row.last_error = None
+        row.last_error_class = None
         if tokens.wid:
             row.wid = tokens.wid
 
@@ -254,6 +282,7 @@ class Broker:
         row.status = STATUS_NEEDS_REAUTH
         row.refresh_failures += 1
         row.last_error = f"grant_revoked: {detail}"
+        row.last_error_class = "grant_revoked"
         row.next_refresh_at = None
         row.updated_at = _now()
 

@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The proactive refresher (one per serve process; replicas share the work).
+    refresher_enabled: bool = True
+    refresher_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
+    refresher_batch_size: int = Field(default=100, ge=1, le=10_000)
+    refresher_concurrency: int = Field(default=8, ge=1, le=256)
+    # Spread of the refresh schedule: up to this fraction of
+    # BROKER_REFRESH_AHEAD_SECONDS earlier, so connections made together do
+    # not all come due in the same second.
+    refresh_jitter_fraction: float = Field(default=0.2, ge=0, le=1)
+    # Backoff after a transient failure: base * 2**failures, capped, jittered.
+    retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
+    retry_max_seconds: float = Field(default=300.0, gt=0, le=86_400)
 
     @field_validator("database_url")
     @classmethod

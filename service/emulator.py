@@ -236,6 +236,21 @@ class EmulatorState:
         self.grants[grant_id].refresh_tokens.append(token)
         return token
 
+    def mint_grant(self, username: str) -> dict[str, str]:
+        """A grant as a completed authorize + code exchange would make it (test seeding)."""
+        user_id = _h32("user:" + username)
+        customer_id = _h32("customer:" + self.settings.domain)
+        self.users.setdefault(user_id, _User(user_id, customer_id, username))
+        grant_id = secrets.token_hex(16)
+        self.grants[grant_id] = _Grant(user_id=user_id, client_id=self.settings.client_id)
+        return {
+            "user_id": user_id,
+            "customer_id": customer_id,
+            "wid": grant_id,
+            "access_token": self._new_session(grant_id),
+            "refresh_token": self._new_refresh_token(grant_id),
+        }
+
     def revoke_grant(self, grant_id: str) -> None:
         """Kill the whole family: every refresh token and sessionID the grant produced."""
         grant = self.grants[grant_id]
@@ -641,6 +656,20 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
         for gid in grant_ids:
             state.revoke_grant(gid)
         return JSONResponse({"revoked_grants": len(grant_ids)})
+
+    @app.post("/__emulator/grants")
+    async def mint_grants(request: Request) -> Response:
+        # Seeds many connected users at once for load tests, skipping the
+        # browser round trips; the grants behave exactly like exchanged ones.
+        body = await _json_object(request)
+        usernames = body.get("usernames")
+        if not isinstance(usernames, list) or not all(
+            isinstance(name, str) and name for name in usernames
+        ):
+            raise _Invalid("usernames must be a list of non-empty strings")
+        async with state.lock:
+            grants = [state.mint_grant(name) for name in usernames]
+        return JSONResponse({"grants": grants})
 
     @app.post("/__emulator/expire-sessions")
     async def expire_sessions() -> Response:

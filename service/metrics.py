@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TOKEN_REQUESTS = Counter(
     "broker_token_requests_total",
@@ -19,4 +19,14 @@ UPSTREAM_LATENCY = Histogram(
     "Latency of calls to Workfront.",
     ["call"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+CONNECTIONS = Gauge("broker_connections", "Connections by status.", ["status"])
+SOONEST_EXPIRY = Gauge(
+    "broker_soonest_expiry_seconds",
+    "Seconds until the soonest session of an active connection lapses.",
+)
+REFRESHER_LAG = Histogram(
+    "broker_refresher_lag_seconds",
+    "How late a due refresh was claimed.",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )

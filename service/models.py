@@ -61,6 +61,7 @@ class Connection(Base):
     last_refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refresh_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_error_class: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = _now_column()
     updated_at: Mapped[datetime] = _now_column()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,9 +10,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger(__name__)
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# What a lost or refused database connection surfaces as.
+DATABASE_OUTAGES: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    ConnectionError,
+    OSError,
+)
 _TYPE_PREFIX = "urn:workfront-token-broker:problem:"
 
 _TITLES = {
@@ -105,6 +118,20 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(
             422, "invalid-request", "the request is not valid", extra={"errors": errors}
         )
+
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL unreachable is an outage, not a client error and not a
+        # reason to tell a caller its key is unknown: 503, try again shortly.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503,
+            "database-unavailable",
+            "the broker's database is unreachable; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+
+    for database_error in DATABASE_OUTAGES:
+        app.add_exception_handler(database_error, _database_down)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

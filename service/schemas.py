@@ -41,6 +41,9 @@ class ConnectionOut(BaseModel):
     last_refreshed_at: datetime | None
     next_refresh_at: datetime | None
     refresh_failures: int = Field(description="Consecutive failed refreshes.")
+    last_error_class: Literal["transient", "grant_revoked"] | None = Field(
+        default=None, description="What kind of failure the last refresh was, if it failed."
+    )
     created_at: datetime
 
 

@@ -88,13 +88,14 @@ async def test_readyz_says_when_the_schema_is_behind(
 ) -> None:
     async with running_broker(settings_for(), emulator) as broker:
         assert (await broker.client.get("/readyz")).status_code == 200
+        head = await db.fetchval("SELECT version_num FROM alembic_version")
         await db.execute("UPDATE alembic_version SET version_num = 'older'")
         try:
             response = await broker.client.get("/readyz")
             assert response.status_code == 503
             assert response.json()["reason"] == "schema behind"
         finally:
-            await db.execute("UPDATE alembic_version SET version_num = '0001'")
+            await db.execute("UPDATE alembic_version SET version_num = $1", head)
         assert (await broker.client.get("/healthz")).status_code == 200
 
 

@@ -221,7 +221,12 @@ async def test_expires_in_zero_assumes_configured_lifetime(
 
 @asynccontextmanager
 async def serve_processes(
-    count: int, *, database_url: str, settings: Settings, log_dir: Path
+    count: int,
+    *,
+    database_url: str,
+    settings: Settings,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[list[str]]:
     """Start real `python -m service serve` processes on one database."""
     env = {
@@ -235,6 +240,7 @@ async def serve_processes(
         "BROKER_REDIRECT_URI": settings.redirect_uri,
         "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
         "BROKER_ADMIN_API_KEY": ADMIN_KEY,
+        **(extra_env or {}),
     }
     ports = [free_port() for _ in range(count)]
     processes = []

@@ -1,0 +1,134 @@
+"""The proactive refresher: renew sessions before they lapse, used or not.
+
+Every serve process runs one. Each round claims a batch of due connections
+with ``FOR UPDATE SKIP LOCKED`` and pushes their ``next_refresh_at`` forward
+by a lease, in one short transaction: replicas never claim the same row, and a
+process killed mid-round only delays its rows until the lease runs out. The
+refresh itself goes through ``Broker.refresh_claimed``, which takes the row
+lock and skips the upstream call when the token version moved since the claim
+(an on-demand caller refreshed first), so a connection is never refreshed
+twice for one due date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.broker import Broker, ConnectionNotFound, NeedsReauth, UpstreamUnavailable
+from service.config import Settings
+from service.db import SessionFactory
+from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
+
+log = logging.getLogger(__name__)
+
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT id, next_refresh_at AS due_at
+        FROM connections
+        WHERE status = 'active' AND next_refresh_at <= now()
+        ORDER BY next_refresh_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE connections AS c
+    SET next_refresh_at = now() + make_interval(secs => :lease)
+    FROM due
+    WHERE c.id = due.id
+    RETURNING c.id, c.token_version, due.due_at
+    """
+)
+
+_SUMMARY = text(
+    "SELECT status, count(*) AS n, min(expires_at) AS soonest FROM connections GROUP BY status"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    connection_id: uuid.UUID
+    token_version: int
+    due_at: datetime
+
+
+class Refresher:
+    def __init__(self, *, settings: Settings, sessions: SessionFactory, broker: Broker) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._broker = broker
+        # The lease must outlive one refresh: a wait for the row lock plus the
+        # upstream call, so a slow refresh is not claimed again meanwhile.
+        self._lease_seconds = max(
+            60.0, settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds
+        )
+        self._slots = asyncio.Semaphore(settings.refresher_concurrency)
+
+    async def run(self) -> None:
+        """Loop until cancelled; database trouble backs off and never ends the loop."""
+        failures = 0
+        while True:
+            try:
+                claimed = await self.run_once()
+                failures = 0
+            except (SQLAlchemyError, OSError) as exc:
+                failures += 1
+                delay = min(60.0, self._settings.refresher_poll_seconds * 2**failures)
+                log.warning("refresher: database unavailable (%s), retry in %.0fs",
+                            type(exc).__name__, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            if claimed < self._settings.refresher_batch_size:
+                poll = self._settings.refresher_poll_seconds
+                await asyncio.sleep(random.uniform(0.5 * poll, poll))  # noqa: S311
+
+    async def run_once(self) -> int:
+        """One round: claim due connections, refresh them; returns how many were claimed."""
+        claims = await self._claim()
+        now = datetime.now(UTC)
+        for claim in claims:
+            REFRESHER_LAG.observe(max(0.0, (now - claim.due_at).total_seconds()))
+        if claims:
+            await asyncio.gather(*(self._refresh(claim) for claim in claims))
+        await self._update_gauges()
+        return len(claims)
+
+    async def _claim(self) -> list[Claim]:
+        async with self._sessions() as session, session.begin():
+            rows = await session.execute(
+                _CLAIM,
+                {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
+            )
+            return [Claim(row.id, row.token_version, row.due_at) for row in rows]
+
+    async def _refresh(self, claim: Claim) -> None:
+        async with self._slots:
+            try:
+                await self._broker.refresh_claimed(
+                    claim.connection_id, seen_version=claim.token_version
+                )
+            except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):
+                pass  # recorded on the row by the broker; the schedule says what next
+            except Exception:
+                # One bad row must not stop the round; its lease brings it back.
+                log.exception("refresher: refreshing %s failed", claim.connection_id)
+
+    async def _update_gauges(self) -> None:
+        async with self._sessions() as session:
+            rows = (await session.execute(_SUMMARY)).all()
+        soonest = None
+        for status in ("active", "needs_reauth"):
+            CONNECTIONS.labels(status=status).set(0)
+        for row in rows:
+            CONNECTIONS.labels(status=row.status).set(row.n)
+            if row.status == "active":
+                soonest = row.soonest
+        if soonest is not None:
+            SOONEST_EXPIRY.set((soonest - datetime.now(UTC)).total_seconds())
