@@ -17,6 +17,7 @@ from service.refresher import Refresher
 from service.routes import clients, connect_sessions, connections, oauth, ops
 from service.runtime import open_runtime
 from service.schemas import ClientCreate, ConnectSessionCreate
+from service.webhooks import WebhookDeliverer
 
 access_log = logging.getLogger("service.access")
 
@@ -41,13 +42,20 @@ def create_app(settings: Settings) -> FastAPI:
                     settings=settings, sessions=runtime.sessions, broker=runtime.broker
                 )
                 refresher_task = asyncio.create_task(refresher.run(), name="refresher")
+            webhook_task = None
+            if settings.webhook_url is not None:
+                deliverer = WebhookDeliverer(
+                    settings=settings, sessions=runtime.sessions, http=runtime.http
+                )
+                webhook_task = asyncio.create_task(deliverer.run(), name="webhooks")
             try:
                 yield
             finally:
-                if refresher_task is not None:
-                    refresher_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await refresher_task
+                for task in (refresher_task, webhook_task):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 # A refresh in flight holds a rotated token until it commits.
                 await runtime.broker.drain(within=settings.upstream_timeout_seconds + 5)
 

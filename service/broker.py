@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import webhooks
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
 from service.db import SessionFactory
@@ -233,6 +234,15 @@ class Broker:
                     session, "refresh.failed", connection_id=row.id, reason="grant_revoked"
                 )
                 await record_event(session, "connection.needs_reauth", connection_id=row.id)
+                await webhooks.enqueue(
+                    session,
+                    self._settings,
+                    webhooks.CONNECTION_NEEDS_REAUTH,
+                    connection_id=row.id,
+                    user_id=row.user_id,
+                    external_ref=row.external_ref,
+                    reason="grant_revoked",
+                )
                 log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
                 # Committed when the block exits; the exception leaves after that.
                 failure: Exception = NeedsReauth()
@@ -320,6 +330,14 @@ class Broker:
                         await record_event(
                             session, "connection.created", connection_id=connection_id
                         )
+                        await webhooks.enqueue(
+                            session,
+                            self._settings,
+                            webhooks.CONNECTION_CREATED,
+                            connection_id=connection_id,
+                            user_id=user.user_id,
+                            external_ref=external_ref,
+                        )
                         return connection_id, True
                     recovered = row.status != STATUS_ACTIVE
                     self._store_tokens(row, tokens)
@@ -333,6 +351,15 @@ class Broker:
                         connection_id=row.id,
                         recovered=recovered,
                     )
+                    if recovered:
+                        await webhooks.enqueue(
+                            session,
+                            self._settings,
+                            webhooks.CONNECTION_RECOVERED,
+                            connection_id=row.id,
+                            user_id=row.user_id,
+                            external_ref=row.external_ref,
+                        )
                     return row.id, False
             except IntegrityError:
                 # Two callbacks for one new user raced on the unique key: retry as an update.
@@ -389,6 +416,14 @@ class Broker:
             await session.execute(delete(Connection).where(Connection.id == connection_id))
             await record_event(
                 session, "connection.deleted", connection_id=connection_id, client_id=client_id
+            )
+            await webhooks.enqueue(
+                session,
+                self._settings,
+                webhooks.CONNECTION_DELETED,
+                connection_id=connection_id,
+                user_id=row.user_id,
+                external_ref=row.external_ref,
             )
         if access_token is not None:
             await self._workfront.logout(access_token)

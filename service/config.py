@@ -7,6 +7,8 @@ errors into such lines (``ConfigError.problems``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import re
 from typing import Any, Literal
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     # Backoff after a transient failure: base * 2**failures, capped, jittered.
     retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=3600)
+    webhook_max_attempts: int = Field(default=30, ge=1, le=1000)
 
     @field_validator("database_url")
     @classmethod
@@ -140,6 +144,23 @@ class Settings(BaseSettings):
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
             raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        encoded = value.get_secret_value().removeprefix("whsec_")
+        try:
+            raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) < 24:
+            raise ValueError(
+                "must be whsec_ followed by base64 of at least 24 random bytes "
+                "(the Standard Webhooks secret format)"
+            )
         return value
 
     @field_validator("allowed_return_urls")

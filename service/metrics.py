@@ -30,3 +30,6 @@ REFRESHER_LAG = Histogram(
     "How late a due refresh was claimed.",
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+WEBHOOK_DELIVERIES = Counter(
+    "broker_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"]
+)

@@ -37,7 +37,14 @@ BROKER_BASE = "http://broker.test"
 CLIENT_ID = "test-client"
 CLIENT_SECRET = "test-client-secret-value-0123456789"
 ADMIN_KEY = "admin-bootstrap-key-" + "x" * 24
-TABLES = ("events", "authorizations", "connect_sessions", "connections", "api_clients")
+TABLES = (
+    "events",
+    "authorizations",
+    "connect_sessions",
+    "connections",
+    "api_clients",
+    "webhook_outbox",
+)
 
 
 def free_port() -> int:

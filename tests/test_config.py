@@ -32,7 +32,8 @@ REQUIRED = (
 CLIENT_SECRET = "client-secret-SENTINEL-7f3a9c"
 ADMIN_SHORT = "admin-SENTINEL-short"
 DB_PASSWORD = "dbpass-SENTINEL-41c2"
-WEBHOOK_SECRET = "whsec-SENTINEL-0b9e"
+# A well-formed Standard Webhooks secret: whsec_ + base64 of 32 bytes.
+WEBHOOK_SECRET = "whsec_U0VOVElORUwtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OWFi"
 BAD_KEY_MATERIAL = "keymaterial-SENTINEL-x!y*z"
 SHORT_KEY_MATERIAL = "c2VudGluZWwtc2hvcnQta2V5"  # 18 bytes, valid base64
 
@@ -207,6 +208,20 @@ def test_webhook_url_with_secret_loads(env: pytest.MonkeyPatch) -> None:
     assert settings.webhook_url == "https://hooks.example.com/in"
     assert settings.webhook_secret is not None
     assert WEBHOOK_SECRET not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "secret", ["plain-words-not-base64!", "whsec_c2hvcnQ=", "whsec_", "whsec-SENTINEL-0b9e"]
+)
+def test_malformed_webhook_secret_is_refused_without_echo(
+    env: pytest.MonkeyPatch, secret: str
+) -> None:
+    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    problems = _problems(env, {**values, "BROKER_WEBHOOK_SECRET": secret})
+    assert [problem.partition(":")[0] for problem in problems] == ["BROKER_WEBHOOK_SECRET"]
+    material = secret.removeprefix("whsec_")
+    if material:
+        _assert_no_secret(problems[0], material)
 
 
 def test_empty_client_secret_is_refused(env: pytest.MonkeyPatch) -> None:
