@@ -438,8 +438,13 @@ async def _hang(request: Request, seconds: float) -> None:
 
 
 def _check_fault(raw: object) -> dict[str, Any]:
-    if not isinstance(raw, dict) or raw.get("kind") not in ("status", "timeout", "drop"):
-        raise _Invalid("each fault needs kind 'status', 'timeout' or 'drop'")
+    if not isinstance(raw, dict) or raw.get("kind") not in (
+        "status",
+        "timeout",
+        "drop",
+        "lost_response",
+    ):
+        raise _Invalid("each fault needs kind 'status', 'timeout', 'drop' or 'lost_response'")
     status, retry_after = raw.get("status"), raw.get("retry_after")
     # 204/304 cannot carry the JSON error body, so they are refused rather than mangled.
     if raw["kind"] == "status" and (
@@ -545,6 +550,19 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
         entry |= {"refresh_token": (params or {}).get("refresh_token")}
         if s.latency_ms > 0:
             await asyncio.sleep(s.latency_ms / 1000)
+        if fault is not None and fault["kind"] == "lost_response":
+            # The request is handled for real (a refresh rotates the token), then
+            # the answer never arrives: the one window no client can close.
+            state.counters["faults_served"] += 1
+            state.counters["lost_responses"] += 1
+            async with state.lock:
+                answer = (
+                    state.token_grant(params, client_id)
+                    if params is not None and client_ok
+                    else _error(401, "invalid_client", "Client authentication failed.")
+                )
+            entry |= {"status": 0, "outcome": f"lost:{answer.outcome}", "fault": "lost_response"}
+            return await _drop_connection(request)
         if fault is not None:
             state.counters["faults_served"] += 1
             entry |= {"status": 0, "outcome": "fault", "fault": fault["kind"]}
