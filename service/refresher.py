@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 
+from service.background import run_rounds
 from service.broker import Broker, ConnectionNotFound, NeedsReauth, UpstreamUnavailable
 from service.config import Settings
 from service.db import SessionFactory
@@ -72,22 +71,12 @@ class Refresher:
         self._slots = asyncio.Semaphore(settings.refresher_concurrency)
 
     async def run(self) -> None:
-        """Loop until cancelled; database trouble backs off and never ends the loop."""
-        failures = 0
-        while True:
-            try:
-                claimed = await self.run_once()
-                failures = 0
-            except (SQLAlchemyError, OSError) as exc:
-                failures += 1
-                delay = min(60.0, self._settings.refresher_poll_seconds * 2**failures)
-                log.warning("refresher: database unavailable (%s), retry in %.0fs",
-                            type(exc).__name__, delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                continue
-            if claimed < self._settings.refresher_batch_size:
-                poll = self._settings.refresher_poll_seconds
-                await asyncio.sleep(random.uniform(0.5 * poll, poll))  # noqa: S311
+        """Loop until cancelled; a full batch goes straight on to the next round."""
+
+        async def round_() -> bool:
+            return await self.run_once() >= self._settings.refresher_batch_size
+
+        await run_rounds("refresher", round_, poll_seconds=self._settings.refresher_poll_seconds)
 
     async def run_once(self) -> int:
         """One round: claim due connections, refresh them; returns how many were claimed."""

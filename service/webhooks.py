@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
+from service.background import run_rounds
 from service.config import Settings
 from service.db import SessionFactory
 from service.metrics import WEBHOOK_DELIVERIES
@@ -98,23 +98,10 @@ class WebhookDeliverer:
         self._signer = Webhook(settings.webhook_secret.get_secret_value())
 
     async def run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                sent = await self.run_once()
-                failures = 0
-            except (SQLAlchemyError, OSError) as exc:
-                failures += 1
-                delay = min(60.0, self._settings.webhook_poll_seconds * 2**failures)
-                log.warning(
-                    "webhooks: database unavailable (%s), retry in %.0fs",
-                    type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            if not sent:
-                await asyncio.sleep(self._settings.webhook_poll_seconds)
+        async def round_() -> bool:
+            return await self.run_once() > 0
+
+        await run_rounds("webhooks", round_, poll_seconds=self._settings.webhook_poll_seconds)
 
     async def run_once(self) -> int:
         async with self._sessions() as session, session.begin():

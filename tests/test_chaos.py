@@ -33,7 +33,8 @@ import httpx
 import pytest
 
 from service.crypto import TokenCipher, row_aad
-from tests.conftest import ADMIN_KEY, BrokerHarness, free_port
+from tests.conftest import BrokerHarness, free_port
+from tests.test_concurrency import serve_env
 from tests.test_refresher import seed_connections
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))
@@ -49,6 +50,7 @@ class Replicas:
         self.log_dir = log_dir
         self.ports = [free_port() for _ in range(REPLICAS)]
         self.processes: list[subprocess.Popen[bytes] | None] = [None] * REPLICAS
+        self.spawned: list[subprocess.Popen[bytes]] = []  # every process ever started
         self.kills: list[float] = []
 
     @property
@@ -57,13 +59,17 @@ class Replicas:
 
     def start(self, index: int) -> None:
         log = (self.log_dir / f"replica-{index}.log").open("ab")
-        self.processes[index] = subprocess.Popen(
+        previous = self.processes[index]
+        assert previous is None or previous.poll() is not None, "replica still running"
+        process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(self.ports[index])],
             env=self.env,
             cwd=self.log_dir,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        self.processes[index] = process
+        self.spawned.append(process)
 
     def kill(self, index: int) -> None:
         process = self.processes[index]
@@ -73,15 +79,17 @@ class Replicas:
             process.wait()
 
     def stop_all(self) -> None:
-        for process in self.processes:
-            if process is not None and process.poll() is None:
+        # Every process ever spawned: a leaked replica would keep refreshing
+        # this database with chaos settings and disturb later tests.
+        for process in self.spawned:
+            if process.poll() is None:
                 process.terminate()
-        for process in self.processes:
-            if process is not None:
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        for process in self.spawned:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     async def wait_ready(self, client: httpx.AsyncClient, index: int, within: float = 30) -> None:
         deadline = time.monotonic() + within
@@ -106,27 +114,19 @@ async def test_chaos(
     settings = broker.settings
     await emulator.configure(session_ttl_seconds=60, latency_ms=5, hang_seconds=1.5)
     ids = await seed_connections(db, emulator, settings, CONNECTIONS)
-    env = {
-        **os.environ,
-        "BROKER_DATABASE_URL": database_url,
-        "BROKER_WORKFRONT_URL": settings.workfront_url,
-        "BROKER_WORKFRONT_DOMAIN": "acme",
-        "BROKER_WORKFRONT_LANE": "my",
-        "BROKER_CLIENT_ID": settings.client_id,
-        "BROKER_CLIENT_SECRET": settings.client_secret.get_secret_value(),
-        "BROKER_REDIRECT_URI": settings.redirect_uri,
-        "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
-        "BROKER_ADMIN_API_KEY": ADMIN_KEY,
+    env = serve_env(
+        database_url,
+        settings,
         # Short sessions so proactive refreshes run all the time.
-        "BROKER_SESSION_TTL_SECONDS": "8",
-        "BROKER_REFRESH_AHEAD_SECONDS": "4",
-        "BROKER_REFRESHER_POLL_SECONDS": "0.3",
-        "BROKER_UPSTREAM_TIMEOUT_SECONDS": "1",
-        "BROKER_LOCK_TIMEOUT_SECONDS": "5",
-        "BROKER_RETRY_BASE_SECONDS": "0.5",
-        "BROKER_RETRY_MAX_SECONDS": "2",
-        "BROKER_LOG_LEVEL": "WARNING",
-    }
+        BROKER_SESSION_TTL_SECONDS="8",
+        BROKER_REFRESH_AHEAD_SECONDS="4",
+        BROKER_REFRESHER_POLL_SECONDS="0.3",
+        BROKER_UPSTREAM_TIMEOUT_SECONDS="1",
+        BROKER_LOCK_TIMEOUT_SECONDS="5",
+        BROKER_RETRY_BASE_SECONDS="0.5",
+        BROKER_RETRY_MAX_SECONDS="2",
+        BROKER_LOG_LEVEL="WARNING",
+    )
     await db.execute("UPDATE connections SET next_refresh_at = now() + random() * interval '4 s'")
     replicas = Replicas(env, tmp_path)
     statuses: Counter[str] = Counter()
@@ -283,6 +283,4 @@ async def test_chaos(
     if report:
         Path(report).write_text(json.dumps(figures, indent=2) + "\n")
     with capsys.disabled():
-        process = replicas.processes[index]
-        if process is None or process.poll() is not None:
-            replicas.start(index)
+        print("\nchaos figures:", json.dumps(figures))

@@ -219,17 +219,9 @@ async def test_expires_in_zero_assumes_configured_lifetime(
 # Across processes ----------------------------------------------------------------
 
 
-@asynccontextmanager
-async def serve_processes(
-    count: int,
-    *,
-    database_url: str,
-    settings: Settings,
-    log_dir: Path,
-    extra_env: dict[str, str] | None = None,
-) -> AsyncIterator[list[str]]:
-    """Start real `python -m service serve` processes on one database."""
-    env = {
+def serve_env(database_url: str, settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `serve` process configured like ``settings``."""
+    return {
         **os.environ,
         "BROKER_DATABASE_URL": database_url,
         "BROKER_WORKFRONT_URL": settings.workfront_url,
@@ -240,8 +232,21 @@ async def serve_processes(
         "BROKER_REDIRECT_URI": settings.redirect_uri,
         "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
         "BROKER_ADMIN_API_KEY": ADMIN_KEY,
-        **(extra_env or {}),
+        **extra,
     }
+
+
+@asynccontextmanager
+async def serve_processes(
+    count: int,
+    *,
+    database_url: str,
+    settings: Settings,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[list[str]]:
+    """Start real `python -m service serve` processes on one database."""
+    env = serve_env(database_url, settings, **(extra_env or {}))
     ports = [free_port() for _ in range(count)]
     processes = []
     for index, port in enumerate(ports):
