@@ -57,7 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
                 # A refresh in flight holds a rotated token until it commits.
-                await runtime.broker.drain(within=settings.upstream_timeout_seconds + 5)
+                await runtime.broker.drain()
 
     app = FastAPI(
         title="Workfront token broker",

@@ -17,16 +17,17 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import webhooks
@@ -55,6 +56,17 @@ ACCESS = "access_token"
 REFRESH = "refresh_token"
 
 
+LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """A refresh in progress in this process, and the version it started from."""
+
+    task: asyncio.Task[IssuedToken]
+    seen_version: int
+
+
 class ConnectionNotFound(Exception):
     pass
 
@@ -77,7 +89,7 @@ class UpstreamUnavailable(Exception):
 @dataclass(frozen=True, slots=True)
 class IssuedToken:
     connection_id: uuid.UUID
-    session_id: str
+    session_id: str = field(repr=False)
     expires_at: datetime
     user_id: str
 
@@ -111,7 +123,7 @@ class Broker:
         self._sessions = sessions
         self._cipher = cipher
         self._workfront = workfront
-        self._flights: dict[uuid.UUID, asyncio.Task[IssuedToken]] = {}
+        self._flights: dict[uuid.UUID, _Flight] = {}
 
     # Encryption helpers ----------------------------------------------------------
 
@@ -168,10 +180,16 @@ class Broker:
         """The refresher's call: refresh unless someone did since the claim read the row."""
         await self._join_flight(connection_id, seen_version=seen_version, min_ttl=0, forced=True)
 
-    async def drain(self, within: float) -> None:
-        """Let refreshes in flight finish (they hold rotated tokens) before shutdown."""
-        flights = list(self._flights.values())
+    async def drain(self) -> None:
+        """Let refreshes in flight finish (they hold rotated tokens) before shutdown.
+
+        Waits as long as one refresh can take: a full lock wait, then the
+        upstream call (httpx times connect and read separately, hence twice).
+        """
+        flights = [flight.task for flight in self._flights.values()]
         if flights:
+            settings = self._settings
+            within = settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds + 5
             await asyncio.wait(flights, timeout=within)
 
     async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
@@ -190,17 +208,30 @@ class Broker:
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
         flight = self._flights.get(connection_id)
+        if flight is not None and forced and flight.seen_version < seen_version:
+            # That flight started from an older version and may end by handing
+            # back the very session this caller saw rejected: let it finish,
+            # then refresh from what the caller saw.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flight.task)
+            flight = self._flights.get(connection_id)
         if flight is None:
-            flight = asyncio.create_task(
+            task = asyncio.create_task(
                 self._refresh_locked(
                     connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
                 ),
                 name=f"refresh-{connection_id}",
             )
+            flight = _Flight(task=task, seen_version=seen_version)
             self._flights[connection_id] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(connection_id, None))
+
+            def forget(_: asyncio.Task[IssuedToken], current: _Flight = flight) -> None:
+                if self._flights.get(connection_id) is current:
+                    del self._flights[connection_id]
+
+            task.add_done_callback(forget)
         # shield: a caller that goes away must not cancel a refresh in progress.
-        return await asyncio.shield(flight)
+        return await asyncio.shield(flight.task)
 
     async def _refresh_locked(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
@@ -208,12 +239,23 @@ class Broker:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
         async with self._sessions() as session, session.begin():
             await session.execute(text(f"SET LOCAL lock_timeout = {lock_timeout_ms}"))
-            row = await session.scalar(
-                select(Connection)
-                .where(Connection.id == connection_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
+            # The transaction idles while Workfront answers; a server-side idle
+            # timeout would end it and free the row lock mid-refresh, letting
+            # another replica present the same refresh token.
+            await session.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            try:
+                row = await session.scalar(
+                    select(Connection)
+                    .where(Connection.id == connection_id)
+                    .with_for_update()
+                    .execution_options(populate_existing=True)
+                )
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                    raise
+                raise UpstreamUnavailable(
+                    "another refresh of this connection is still running", retry_after=5
+                ) from None
             if row is None:
                 raise ConnectionNotFound
             if row.status != STATUS_ACTIVE:
@@ -224,6 +266,19 @@ class Broker:
                 return self._issued(row)
             if not forced and remaining >= timedelta(seconds=min_ttl):
                 return self._issued(row)
+            retry_at = row.next_refresh_at
+            if (
+                not forced
+                and row.last_error_class == "transient"
+                and retry_at is not None
+                and retry_at > _now()
+            ):
+                # A recent transient failure set when to try again (Retry-After
+                # included); callers wanting more time do not hammer Workfront.
+                if remaining > timedelta(0):
+                    return self._issued(row)
+                wait = (retry_at - _now()).total_seconds()
+                raise UpstreamUnavailable("backing off after a transient failure", wait)
 
             refresh_token = self._open(row, REFRESH)
             try:
@@ -370,7 +425,11 @@ class Broker:
     async def _spend_connect_session(session: AsyncSession, connect_session_id: uuid.UUID) -> None:
         spent = await session.scalar(
             update(ConnectSession)
-            .where(ConnectSession.id == connect_session_id, ConnectSession.used_at.is_(None))
+            .where(
+                ConnectSession.id == connect_session_id,
+                ConnectSession.used_at.is_(None),
+                ConnectSession.expires_at > _now(),
+            )
             .values(used_at=_now())
             .returning(ConnectSession.id)
         )

@@ -10,21 +10,31 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-# What a lost or refused database connection surfaces as.
-DATABASE_OUTAGES: tuple[type[Exception], ...] = (
-    OperationalError,
-    InterfaceError,
-    PoolTimeoutError,
-    ConnectionError,
-    OSError,
-)
+# SQLSTATE classes that mean "the database is away", not "the statement is
+# wrong": connection exceptions, operator intervention (shutdown, cannot
+# connect now), insufficient resources (too many connections).
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """Whether an exception means PostgreSQL is unreachable (answer 503), not a bug (500)."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES)
+    return False
+
+
 _TYPE_PREFIX = "urn:workfront-token-broker:problem:"
 
 _TITLES = {
@@ -119,19 +129,24 @@ def install_problem_handlers(app: FastAPI) -> None:
             422, "invalid-request", "the request is not valid", extra={"errors": errors}
         )
 
-    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # PostgreSQL unreachable is an outage, not a client error and not a
-        # reason to tell a caller its key is unknown: 503, try again shortly.
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return problem_response(
-            503,
-            "database-unavailable",
-            "the broker's database is unreachable; try again shortly",
-            headers={"Retry-After": "5"},
-        )
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_database_outage(exc):
+            # PostgreSQL unreachable is an outage, not a client error and not a
+            # reason to tell a caller its key is unknown: 503, try again shortly.
+            log.warning("database unavailable: %s", type(exc).__name__)
+            return problem_response(
+                503,
+                "database-unavailable",
+                "the broker's database is unreachable; try again shortly",
+                headers={"Retry-After": "5"},
+            )
+        log.error("unexpected error", exc_info=exc)
+        return problem_response(500, "internal-error", "an unexpected error occurred")
 
-    for database_error in DATABASE_OUTAGES:
-        app.add_exception_handler(database_error, _database_down)
+    # Registered for the broad classes: Starlette picks the most specific
+    # handler, and these run before the server's bare 500.
+    for error_class in (DBAPIError, OSError, PoolTimeoutError, Exception):
+        app.add_exception_handler(error_class, _unexpected)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 TOKEN_PATH = "/integrations/oauth2/api/v1/token"
 AUTHORIZE_PATH = "/integrations/oauth2/authorize"
 _TRANSIENT_STATUSES = {408, 429}
+# Bounds of what we store from upstream answers (the columns' sizes).
+MAX_SESSION_SECONDS = 366 * 86_400.0
+MAX_ID_CHARS = 255
+MAX_USER_ID_CHARS = 64
 _MAX_DIAGNOSTIC_CHARS = 300
 # Anything that looks like a token: long runs of token characters.
 _TOKENISH = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")
@@ -62,8 +67,8 @@ class SessionRejectedError(WorkfrontError):
 
 @dataclass(frozen=True, slots=True)
 class TokenSet:
-    access_token: str
-    refresh_token: str
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
     expires_at: datetime
     wid: str | None
 
@@ -205,20 +210,26 @@ class WorkfrontClient:
             if previous_refresh_token is None:
                 raise TransientError("token response has no refresh_token")
             refresh = previous_refresh_token
+        # After a 200 the new refresh token must reach the database whatever
+        # else the answer holds: odd values are tamed here, never allowed to
+        # make the commit fail (which would lose a rotated token).
         expires_in = payload.get("expires_in")
         lifetime = (
-            expires_in
+            min(float(expires_in), MAX_SESSION_SECONDS)
             if isinstance(expires_in, int | float)
             and not isinstance(expires_in, bool)
+            and math.isfinite(expires_in)
             and expires_in > 0
             else self._settings.session_ttl_seconds
         )
         wid = payload.get("wid")
+        wid_text = str(wid) if wid is not None else None
         return TokenSet(
             access_token=access,
             refresh_token=refresh,
-            expires_at=datetime.now(UTC) + timedelta(seconds=float(lifetime)),
-            wid=str(wid) if wid is not None else None,
+            expires_at=datetime.now(UTC) + timedelta(seconds=lifetime),
+            # wid is undocumented: kept when it fits, never relied on.
+            wid=wid_text if wid_text and len(wid_text) <= MAX_ID_CHARS else None,
         )
 
     # API ---------------------------------------------------------------------
@@ -247,10 +258,13 @@ class WorkfrontClient:
             # Workfront sometimes answers errors with HTTP 200 and {"error": ...}.
             raise SessionRejectedError("session lookup answered an error", status=status)
         user_id = data.get("userID")
-        if not isinstance(user_id, str) or not user_id:
-            raise TransientError("session lookup answered no userID")
+        if not isinstance(user_id, str) or not 0 < len(user_id) <= MAX_USER_ID_CHARS:
+            raise TransientError("session lookup answered no usable userID")
         customer = data.get("customerID")
-        return WorkfrontUser(user_id=user_id, customer_id=str(customer) if customer else None)
+        customer_id = str(customer) if customer else None
+        if customer_id is not None and len(customer_id) > MAX_USER_ID_CHARS:
+            customer_id = None
+        return WorkfrontUser(user_id=user_id, customer_id=customer_id)
 
     async def logout(self, access_token: str) -> bool:
         """End a session; best effort (Workfront has no OAuth revoke endpoint)."""

@@ -74,7 +74,7 @@ def pg_server_url() -> Iterator[str]:
         server.cleanup()
 
 
-def _asyncpg_dsn(url: str) -> tuple[str, dict[str, Any]]:
+def asyncpg_dsn(url: str) -> tuple[str, dict[str, Any]]:
     """asyncpg wants a plain libpq URL; the unix socket host travels as a query arg."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {
@@ -94,7 +94,7 @@ def _asyncpg_dsn(url: str) -> tuple[str, dict[str, Any]]:
 async def database_url(pg_server_url: str) -> AsyncIterator[str]:
     """A fresh database for this run, migrated by the real Alembic migrations."""
     name = f"broker_test_{secrets.token_hex(4)}"
-    _, admin_kwargs = _asyncpg_dsn(pg_server_url)
+    _, admin_kwargs = asyncpg_dsn(pg_server_url)
     admin = await asyncpg.connect(**admin_kwargs)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -113,7 +113,7 @@ async def database_url(pg_server_url: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="session")
 async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A raw connection for assertions on what is really stored."""
-    _, kwargs = _asyncpg_dsn(database_url)
+    _, kwargs = asyncpg_dsn(database_url)
     conn = await asyncpg.connect(**kwargs)
     yield conn
     await conn.close()

@@ -154,7 +154,13 @@ async def test_transient_failure_after_expiry_is_503_with_retry_after(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
     assert response.headers["content-type"] == "application/problem+json"
-    # The grant is intact: the next attempt succeeds with the same refresh token.
+    # Retry-After is honoured: callers get 503 without another upstream call.
+    again = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
+    assert again.status_code == 503
+    assert 6 <= int(again.headers["retry-after"]) <= 10  # backoff, never below Retry-After: 7
+    assert len(await _refresh_requests(broker.emulator)) == 1
+    # Once the wait is over, the grant is intact: the same refresh token succeeds.
+    await db.execute("UPDATE connections SET next_refresh_at = now() WHERE id = $1", connection_id)
     retry = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     assert retry.status_code == 200
     statuses = [r["status"] for r in await _refresh_requests(broker.emulator)]

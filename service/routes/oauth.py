@@ -85,14 +85,12 @@ def _error_page(request: Request, failure: CallbackFailure) -> HTMLResponse:
     return response
 
 
-OptionalParam = Annotated[str | None, Query(max_length=_MAX_PARAM)]
+# Lengths are checked by the handlers, so an oversized value gets the HTML
+# error page a browser user can act on, not a JSON validation error.
+OptionalParam = Annotated[str | None, Query()]
 SessionParam = Annotated[
     str | None,
-    Query(
-        alias="session",
-        max_length=128,
-        description="A connect-session token from POST /v1/connect-sessions.",
-    ),
+    Query(alias="session", description="A connect-session token from POST /v1/connect-sessions."),
 ]
 
 
@@ -122,6 +120,8 @@ async def connect_page(
 
 
 async def _live_connect_session(runtime: RuntimeDep, token: str) -> ConnectSession:
+    if len(token) > _MAX_PARAM:
+        raise _bad("This connect link is unknown. Ask for a new one.")
     async with runtime.sessions() as db:
         found = await db.scalar(
             select(ConnectSession).where(ConnectSession.token_hash == connect_session_digest(token))
@@ -217,6 +217,8 @@ async def oauth_callback(
     error: OptionalParam = None,
 ) -> Response:
     try:
+        if any(len(value) > _MAX_PARAM for value in (code, state, domain, lane, error) if value):
+            raise _bad("The callback's parameters are malformed.")
         connection_id, created, return_url = await _complete(
             request, runtime, code=code, state=state, domain=domain, lane=lane, error=error
         )
@@ -296,7 +298,9 @@ async def _complete(
             connect_session_id=link.id if link else None,
         )
     except ConnectLinkSpent:
-        raise _bad("This connect link was already used. Ask for a new one.") from None
+        raise _bad(
+            "This connect link was already used or has expired. Ask for a new one."
+        ) from None
     return connection_id, created, link.return_url if link else None
 
 

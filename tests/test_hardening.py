@@ -1,0 +1,114 @@
+"""Edges found in review: odd upstream values, lock waits, oversized and stale browser input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+
+from service.config import Settings
+from tests.conftest import (
+    BrokerHarness,
+    Emulator,
+    asyncpg_dsn,
+    login_at_emulator,
+    running_broker,
+)
+
+
+async def test_absurd_expires_in_is_capped_and_the_token_still_stored(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    await broker.emulator.configure(expires_in=10**15)
+    connection_id = await broker.connect("forever")
+    headers = await broker.api_key("tokens:read")
+    refreshed = await broker.client.post(
+        f"/v1/connections/{connection_id}/refresh", headers=headers
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    expires_at = await db.fetchval(
+        "SELECT expires_at FROM connections WHERE id = $1", connection_id
+    )
+    assert expires_at - datetime.now(UTC) <= timedelta(days=366)
+    assert (
+        await db.fetchval("SELECT token_version FROM connections WHERE id = $1", connection_id) == 2
+    )
+
+
+async def test_a_refresh_waiting_too_long_for_the_row_lock_is_503(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    async with running_broker(settings_for(lock_timeout_seconds=0.3), emulator) as broker:
+        connection_id = await broker.connect("locked")
+        headers = await broker.api_key("tokens:read")
+        holder = await asyncpg.connect(**_kwargs(database_url))  # a replica stuck mid-refresh
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
+            )
+            response = await broker.client.post(
+                f"/v1/connections/{connection_id}/refresh", headers=headers
+            )
+            await transaction.rollback()
+        finally:
+            await holder.close()
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "retry-after" in response.headers
+        assert [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"] == []
+
+
+def _kwargs(database_url: str) -> dict[str, object]:
+    return asyncpg_dsn(database_url)[1]
+
+
+@pytest.mark.parametrize("param", ["code", "state", "domain", "lane", "error"])
+async def test_oversized_callback_parameters_get_the_html_page(
+    broker: BrokerHarness, db: asyncpg.Connection, param: str
+) -> None:
+    response = await broker.client.get("/oauth/callback", params={param: "x" * 5000})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")
+    assert "malformed" in response.text
+    assert await db.fetchval("SELECT count(*) FROM connections") == 0
+
+
+@pytest.mark.parametrize("path", ["/connect", "/oauth/authorize"])
+async def test_oversized_connect_link_gets_the_html_page(broker: BrokerHarness, path: str) -> None:
+    response = await broker.client.get(path, params={"session": "s" * 5000})
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("text/html")
+
+
+async def test_a_connect_link_that_expires_mid_flow_cannot_complete(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    settings = settings_for(allowed_return_urls="https://app.example.com/")
+    async with running_broker(settings, emulator) as broker:
+        writer = await broker.api_key("connections:write")
+        link = await broker.client.post(
+            "/v1/connect-sessions",
+            json={"external_ref": "late", "return_url": "https://app.example.com/done"},
+            headers=writer,
+        )
+        query = urlsplit(link.json()["url"]).query
+        start = await broker.client.get(f"/oauth/authorize?{query}")
+        assert start.status_code == 302
+        callback = await login_at_emulator(start.headers["location"], username="late")
+        await db.execute("UPDATE connect_sessions SET expires_at = now() - interval '1 s'")
+        response = await broker.client.get(callback)
+        assert response.status_code == 400
+        assert "expired" in response.text
+        assert await db.fetchval("SELECT count(*) FROM connections") == 0
