@@ -57,6 +57,11 @@ class TransientError(WorkfrontError):
         self.retry_after = retry_after
 
 
+class ClientCredentialsRejected(TransientError):
+    """The token endpoint named our client credentials invalid: a configuration
+    problem that leaves every grant intact (retried with backoff)."""
+
+
 class GrantRevokedError(WorkfrontError):
     """Any other 4xx from the token endpoint: the code or refresh token is dead."""
 
@@ -86,6 +91,15 @@ def redact(text: str, *secrets: str | None) -> str:
             text = text.replace(secret, "[redacted]")
     text = _TOKENISH.sub("[redacted]", text)
     return text[:_MAX_DIAGNOSTIC_CHARS]
+
+
+def _names_invalid_client(response: httpx.Response) -> bool:
+    """Whether an error answer says ``{"error": "invalid_client"}`` (RFC 6749 §5.2)."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return False
+    return isinstance(payload, dict) and payload.get("error") == "invalid_client"
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -189,6 +203,18 @@ class WorkfrontClient:
             )
         if status >= 400:
             body = redact(response.text, secret, client_secret)
+            if _names_invalid_client(response):
+                # Our app's credentials were refused, not the user's grant: the
+                # request was not processed, so the tokens stay good. Marking
+                # every connection needs_reauth over a mistyped secret would
+                # make every user connect again.
+                log.error(
+                    "Workfront refused the app's client credentials: check "
+                    "BROKER_CLIENT_ID and BROKER_CLIENT_SECRET"
+                )
+                raise ClientCredentialsRejected(
+                    f"token endpoint refused the client credentials ({status})", status=status
+                )
             raise GrantRevokedError(f"token endpoint answered {status}: {body}", status=status)
         if status != 200:
             raise TransientError(f"token endpoint answered {status}", status=status)

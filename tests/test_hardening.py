@@ -112,3 +112,34 @@ async def test_a_connect_link_that_expires_mid_flow_cannot_complete(
         assert response.status_code == 400
         assert "expired" in response.text
         assert await db.fetchval("SELECT count(*) FROM connections") == 0
+
+
+async def test_rejected_client_credentials_do_not_mark_users_needs_reauth(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    async with running_broker(settings_for(), emulator) as good:
+        connection_id = await good.connect("steady")
+    wrong = settings_for(client_secret="a-mistyped-secret-value")
+    async with running_broker(wrong, emulator) as broker:
+        headers = await broker.api_key("tokens:read")
+        response = await broker.client.post(
+            f"/v1/connections/{connection_id}/refresh", headers=headers
+        )
+        assert response.status_code == 503
+        status = await db.fetchval("SELECT status FROM connections WHERE id = $1", connection_id)
+        assert status == "active"
+        # A browser flow with the wrong secret says so plainly, storing nothing.
+        callback = await broker.authorize("newcomer")
+        page = await broker.client.get(callback)
+        assert page.status_code == 502
+        assert "app credentials" in page.text
+    # Fixed configuration: the untouched grant still refreshes.
+    async with running_broker(settings_for(), emulator) as fixed:
+        headers = await fixed.api_key("tokens:read")
+        await db.execute("UPDATE connections SET next_refresh_at = now()")
+        again = await fixed.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+        assert again.status_code == 200
+    assert (await emulator.stats())["reuse_detected"] == 0

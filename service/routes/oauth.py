@@ -32,6 +32,7 @@ from service.deps import RuntimeDep
 from service.models import Authorization, ConnectSession
 from service.routes.connect_sessions import connect_session_digest
 from service.workfront import (
+    ClientCredentialsRejected,
     GrantRevokedError,
     SessionRejectedError,
     TransientError,
@@ -271,6 +272,13 @@ async def _complete(
     try:
         tokens = await workfront.exchange_code(code, code_verifier=verifier)
         user = await workfront.get_user(tokens.access_token)
+    except ClientCredentialsRejected:
+        raise CallbackFailure(
+            502,
+            "The broker is misconfigured",
+            "Workfront refused this broker's app credentials. Nothing was stored; "
+            "please tell the administrator.",
+        ) from None
     except GrantRevokedError:
         raise _bad(
             "Workfront refused the authorization code: it expired (codes live two minutes) "
