@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,8 @@ from service.crypto import generate_key
 from service.emulator import EmulatorSettings, create_emulator_app
 from service.serving import make_server
 
+WRK = shutil.which("wrk")  # a load generator outside Python, when installed
+WRK_SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "3000"))
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 ADMIN_KEY = "bench-admin-" + secrets.token_urlsafe(24)
@@ -90,6 +94,22 @@ async def _drive(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return latencies
+
+
+def _wrk(url: str, headers: dict[str, str]) -> tuple[float, str, str]:
+    """Drive ``url`` with wrk; print and return requests/s."""
+    assert WRK is not None
+    args = [WRK, "-t2", f"-c{CONCURRENCY}", f"-d{WRK_SECONDS}s", "--latency"]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    p99 = re.search(r"99%\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} failed responses")
+    return rate, p50, p99
 
 
 def _report(name: str, latencies: list[float], elapsed: float) -> float:
@@ -159,6 +179,20 @@ async def main() -> None:
             await _drive(client, "/healthz", {})  # warm up both paths
             await _drive(client, token_url, headers)
 
+            if WRK is not None:
+                print(f"wrk, {WRK_SECONDS}s each, {CONCURRENCY} connections, one serve process")
+                results = {}
+                for name, url, hdrs in (
+                    ("healthz", "/healthz", {}),
+                    ("token", token_url, headers),
+                ):
+                    rate, p50, p99 = _wrk(f"{broker_base}{url}", hdrs)
+                    results[name] = rate
+                    print(f"{name:<10} {rate:8.0f} req/s   p50 {p50:>8}   p99 {p99:>8}")
+                print(
+                    f"ratio token/healthz throughput: {results['token'] / results['healthz']:.2f}"
+                )
+                return
             print(f"{REQUESTS} requests, concurrency {CONCURRENCY}, one serve process")
             started = time.perf_counter()
             latencies = await _drive(client, "/healthz", {})

@@ -36,14 +36,14 @@ def migrate(database_url: str) -> None:
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     from service.app import create_app
-    from service.serving import make_server, serve_until_signalled
+    from service.serving import make_server, run_event_loop, serve_until_signalled
 
     settings = load_settings(require_database=True)
     _configure_logging(settings.log_level)
     server = make_server(
         create_app(settings), host=args.host, port=args.port, log_level=settings.log_level
     )
-    asyncio.run(serve_until_signalled(server))
+    run_event_loop(serve_until_signalled(server))
 
 
 def _cmd_migrate(_: argparse.Namespace) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
+from service.access_log import AccessLogMiddleware
 from service.config import Settings
 from service.problems import Problem, install_problem_handlers
 from service.refresher import Refresher
@@ -18,8 +17,6 @@ from service.routes import clients, connect_sessions, connections, oauth, ops
 from service.runtime import open_runtime
 from service.schemas import ClientCreate, ConnectSessionCreate
 from service.webhooks import WebhookDeliverer
-
-access_log = logging.getLogger("service.access")
 
 DESCRIPTION = """\
 Owns a Workfront OAuth2 app, connects Workfront users through the
@@ -69,22 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (oauth, connections, connect_sessions, clients, ops):
         app.include_router(module.router)
 
-    @app.middleware("http")
-    async def log_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Our own access log: path only. The query string can hold an OAuth code
-        # or state, so uvicorn's access log (which prints it) is turned off.
-        started = time.perf_counter()
-        response = await call_next(request)
-        access_log.info(
-            "%s %s %d %.1fms",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+    app.add_middleware(AccessLogMiddleware)
 
     _register_problem_schema(app)
     return app

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.db import SessionFactory
 from service.models import ApiClient
 
 KEY_PREFIX = "wtb_"
@@ -54,8 +54,8 @@ def key_hint(key: str) -> str:
 
 
 class ApiKeyAuthenticator:
-    def __init__(self, *, sessions: SessionFactory, admin_key: str | None) -> None:
-        self._sessions = sessions
+    def __init__(self, *, reader: AsyncEngine, admin_key: str | None) -> None:
+        self._reader = reader
         self._admin_hash = hash_key(admin_key) if admin_key else None
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
 
@@ -74,12 +74,11 @@ class ApiKeyAuthenticator:
         return principal
 
     async def _lookup(self, digest: bytes) -> Principal | None:
-        async with self._sessions() as session:
-            row = await session.scalar(
-                select(ApiClient).where(
-                    ApiClient.key_hash == digest, ApiClient.revoked_at.is_(None)
-                )
-            )
+        query = select(ApiClient.id, ApiClient.name, ApiClient.scopes, ApiClient.key_hash).where(
+            ApiClient.key_hash == digest, ApiClient.revoked_at.is_(None)
+        )
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
         # The index lookup already matched; compare again in constant time so the
         # decision never depends on a short-circuiting byte comparison.
         if row is None or not hmac.compare_digest(row.key_hash, digest):

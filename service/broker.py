@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
 from service.config import Settings
@@ -57,6 +57,14 @@ REFRESH = "refresh_token"
 
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
+# Built once: constructing the statement per call costs more than running it.
+_TOKEN_READ = select(
+    Connection.status,
+    Connection.access_token_enc,
+    Connection.expires_at,
+    Connection.user_id,
+    Connection.token_version,
+).where(Connection.id == bindparam("connection_id"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +124,13 @@ class Broker:
         *,
         settings: Settings,
         sessions: SessionFactory,
+        reader: AsyncEngine,
         cipher: TokenCipher,
         workfront: WorkfrontClient,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._reader = reader
         self._cipher = cipher
         self._workfront = workfront
         self._flights: dict[uuid.UUID, _Flight] = {}
@@ -163,15 +173,26 @@ class Broker:
 
     async def get_token(self, connection_id: uuid.UUID, *, min_ttl: int) -> IssuedToken:
         """A session with at least ``min_ttl`` seconds left, refreshing first when needed."""
-        async with self._sessions() as session:
-            row = await session.get(Connection, connection_id)
-            if row is None:
-                raise ConnectionNotFound
-            if row.status != STATUS_ACTIVE:
-                raise NeedsReauth
-            if row.expires_at - _now() >= timedelta(seconds=min_ttl):
-                return self._issued(row)
-            seen_version = row.token_version
+        # The hot path: one indexed read of just these columns, in autocommit
+        # (no BEGIN/ROLLBACK round trips), no ORM object.
+        async with self._reader.connect() as conn:
+            found = (
+                await conn.execute(_TOKEN_READ, {"connection_id": connection_id})
+            ).one_or_none()
+        if found is None:
+            raise ConnectionNotFound
+        status, sealed, expires_at, user_id, seen_version = found
+        if status != STATUS_ACTIVE:
+            raise NeedsReauth
+        if expires_at - _now() >= timedelta(seconds=min_ttl):
+            return IssuedToken(
+                connection_id=connection_id,
+                session_id=self._cipher.decrypt(
+                    sealed, aad=row_aad("connections", connection_id, ACCESS)
+                ),
+                expires_at=expires_at,
+                user_id=user_id,
+            )
         return await self._join_flight(
             connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
         )
@@ -194,12 +215,21 @@ class Broker:
 
     async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
         """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
-        async with self._sessions() as session:
-            version = await session.scalar(
-                select(Connection.token_version).where(Connection.id == connection_id)
-            )
-        if version is None:
+        async with self._reader.connect() as conn:
+            found = (
+                await conn.execute(
+                    select(Connection.token_version, Connection.last_refreshed_at).where(
+                        Connection.id == connection_id
+                    )
+                )
+            ).one_or_none()
+        if found is None:
             raise ConnectionNotFound
+        version, last_refreshed_at = found
+        debounce = timedelta(seconds=self._settings.force_refresh_debounce_seconds)
+        if last_refreshed_at is not None and _now() - last_refreshed_at < debounce:
+            # Refreshed a moment ago (by a caller who saw the same rejection).
+            return await self.get_token(connection_id, min_ttl=0)
         return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
 
     # Refreshing --------------------------------------------------------------------

@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A forced refresh arriving this soon after the last refresh returns that
+    # fresh session instead of calling Workfront again: callers that saw the
+    # old session rejected at about the same time share one refresh even when
+    # their requests are spread out a little (or reach different replicas).
+    force_refresh_debounce_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Connections this process keeps open to PostgreSQL. Requests beyond it
+    # wait for a free one (up to 10 s) rather than opening and closing extra
+    # connections, which under load costs more than the query.
+    db_pool_size: int = Field(default=20, ge=1, le=500)
     # The proactive refresher (one per serve process; replicas share the work).
     refresher_enabled: bool = True
     refresher_poll_seconds: float = Field(default=5.0, gt=0, le=3600)

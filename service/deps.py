@@ -17,7 +17,8 @@ from service.runtime import Runtime
 _bearer = HTTPBearer(auto_error=False, description="An API key made by `clients create`.")
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async on purpose: FastAPI runs a plain def dependency in a worker thread.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

@@ -16,7 +16,7 @@ from service.auth import ApiKeyAuthenticator
 from service.broker import Broker
 from service.config import Settings, require_database_url
 from service.crypto import TokenCipher
-from service.db import SessionFactory, make_engine, make_session_factory
+from service.db import SessionFactory, autocommit, make_engine, make_session_factory
 from service.workfront import WorkfrontClient
 
 
@@ -59,7 +59,7 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every resource; close them in reverse order."""
-    engine = make_engine(require_database_url(settings))
+    engine = make_engine(require_database_url(settings), pool_size=settings.db_pool_size)
     try:
         sessions = make_session_factory(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
@@ -74,10 +74,15 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 http=http,
                 workfront=workfront,
                 broker=Broker(
-                    settings=settings, sessions=sessions, cipher=cipher, workfront=workfront
+                    settings=settings,
+                    sessions=sessions,
+                    reader=autocommit(engine),
+                    cipher=cipher,
+                    workfront=workfront,
                 ),
                 authenticator=ApiKeyAuthenticator(
-                    sessions=sessions, admin_key=admin.get_secret_value() if admin else None
+                    reader=autocommit(engine),
+                    admin_key=admin.get_secret_value() if admin else None,
                 ),
                 schema_head=alembic_head(),
             )

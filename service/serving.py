@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Generator
+from collections.abc import Coroutine, Generator
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -36,6 +37,21 @@ def make_server(app: ASGIApp, *, host: str, port: int, log_level: str = "info") 
         server_header=False,
     )
     return Server(config)
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed (uvicorn[standard] brings it).
+
+    uvicorn picks uvloop itself only in ``uvicorn.run``; we drive the servers
+    from our own loop, so we choose it here.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 async def serve_until_signalled(*servers: Server) -> None:

@@ -208,8 +208,9 @@ def make_settings(
         "encryption_keys": encryption_keys,
         "admin_api_key": ADMIN_KEY,
         "upstream_timeout_seconds": 3,
-        # Off unless a test is about it: other tests count upstream calls exactly.
+        # Off unless a test is about them: other tests count upstream calls exactly.
         "refresher_enabled": False,
+        "force_refresh_debounce_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

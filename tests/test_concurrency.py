@@ -317,6 +317,8 @@ async def test_two_processes_share_one_refresh(
             assert len({r.json()["session_id"] for r in responses}) == 1
             assert len(await _refresh_requests(broker.emulator)) == 1
 
+            # Past the forced-refresh debounce, so the forced round refreshes.
+            await asyncio.sleep(1.2)
             forced = await asyncio.gather(
                 *(
                     client.post(
@@ -329,3 +331,22 @@ async def test_two_processes_share_one_refresh(
     assert len(await _refresh_requests(broker.emulator)) == 2
     assert await broker.emulator.presented_twice() == []
     assert (await broker.emulator.stats())["reuse_detected"] == 0
+
+
+async def test_forced_refreshes_just_after_a_refresh_are_debounced(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    async with running_broker(settings_for(force_refresh_debounce_seconds=5), emulator) as broker:
+        connection_id = await broker.connect("debounced")
+        headers = await broker.api_key("tokens:read")
+        await db.execute("UPDATE connections SET last_refreshed_at = now() - interval '1 minute'")
+        url = f"/v1/connections/{connection_id}/refresh"
+        first = await broker.client.post(url, headers=headers)
+        # A straggler that saw the same rejected session, a moment later.
+        second = await broker.client.post(url, headers=headers)
+        assert first.status_code == second.status_code == 200
+        assert first.json()["session_id"] == second.json()["session_id"]
+    assert len(await _refresh_requests(emulator)) == 1

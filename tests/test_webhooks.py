@@ -146,7 +146,11 @@ async def test_events_survive_a_receiver_outage(
     await hooked_broker.connect("early")
 
     async def attempted() -> bool:
-        return bool(await db.fetchval("SELECT max(attempts) FROM webhook_outbox") or 0)
+        # attempts counts claims; last_error is written once the attempt failed.
+        failed = await db.fetchval(
+            "SELECT count(*) FROM webhook_outbox WHERE last_error IS NOT NULL"
+        )
+        return bool(failed)
 
     deadline = time.monotonic() + 5
     while not await attempted():
