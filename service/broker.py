@@ -318,10 +318,8 @@ class Broker:
                 await record_event(
                     session, "refresh.failed", connection_id=row.id, reason="grant_revoked"
                 )
-                await record_event(session, "connection.needs_reauth", connection_id=row.id)
-                await webhooks.enqueue(
+                await self._connection_event(
                     session,
-                    self._settings,
                     webhooks.CONNECTION_NEEDS_REAUTH,
                     connection_id=row.id,
                     user_id=row.user_id,
@@ -356,6 +354,32 @@ class Broker:
                 REFRESHES.labels(outcome="ok").inc()
                 return self._issued(row)
         raise failure
+
+    async def _connection_event(
+        self,
+        session: AsyncSession,
+        event_type: str,
+        *,
+        connection_id: uuid.UUID,
+        user_id: str,
+        external_ref: str | None,
+        client_id: uuid.UUID | None = None,
+        **detail: Any,
+    ) -> None:
+        """A lifecycle change: into the audit trail and the webhook outbox, in the
+        caller's transaction, so both exist exactly when the change does."""
+        await record_event(
+            session, event_type, connection_id=connection_id, client_id=client_id, **detail
+        )
+        await webhooks.enqueue(
+            session,
+            self._settings,
+            event_type,
+            connection_id=connection_id,
+            user_id=user_id,
+            external_ref=external_ref,
+            **detail,
+        )
 
     def _store_tokens(self, row: Connection, tokens: TokenSet) -> None:
         now = _now()
@@ -412,12 +436,8 @@ class Broker:
                         values = self._new_row_values(connection_id, instance, user, tokens)
                         values["external_ref"] = external_ref
                         await session.execute(insert(Connection).values(**values))
-                        await record_event(
-                            session, "connection.created", connection_id=connection_id
-                        )
-                        await webhooks.enqueue(
+                        await self._connection_event(
                             session,
-                            self._settings,
                             webhooks.CONNECTION_CREATED,
                             connection_id=connection_id,
                             user_id=user.user_id,
@@ -437,9 +457,8 @@ class Broker:
                         recovered=recovered,
                     )
                     if recovered:
-                        await webhooks.enqueue(
+                        await self._connection_event(
                             session,
-                            self._settings,
                             webhooks.CONNECTION_RECOVERED,
                             connection_id=row.id,
                             user_id=row.user_id,
@@ -503,16 +522,13 @@ class Broker:
             except Exception:  # a row we cannot decrypt is still deletable
                 access_token = None
             await session.execute(delete(Connection).where(Connection.id == connection_id))
-            await record_event(
-                session, "connection.deleted", connection_id=connection_id, client_id=client_id
-            )
-            await webhooks.enqueue(
+            await self._connection_event(
                 session,
-                self._settings,
                 webhooks.CONNECTION_DELETED,
                 connection_id=connection_id,
                 user_id=row.user_id,
                 external_ref=row.external_ref,
+                client_id=client_id,
             )
         if access_token is not None:
             await self._workfront.logout(access_token)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.openapi_export import openapi_document, render
+from tests.conftest import BrokerHarness
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 # Long runs of token characters, or our key prefix followed by real key material.
@@ -66,3 +67,11 @@ def test_no_example_looks_like_a_real_secret() -> None:
     assert examples, "expected some examples"
     for example in examples:
         assert not _SECRET_LOOKING.search(example), example
+
+
+async def test_served_openapi_is_the_committed_document(broker: BrokerHarness) -> None:
+    response = await broker.client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.json() == json.loads(COMMITTED.read_text())
+    docs = await broker.client.get("/docs")
+    assert docs.status_code == 200
