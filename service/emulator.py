@@ -346,10 +346,22 @@ class EmulatorState:
 
 
 # -- helpers for the HTTP layer ----------------------------------------------------------------
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;background:#2c2c2c;color:#222;margin:0}"
+    "main{max-width:26rem;margin:4rem auto;background:#fff;border-radius:8px;padding:2rem}"
+    "h1{font-size:1.25rem;margin-top:0}label{display:block;margin:.8rem 0}"
+    "input{display:block;width:100%;padding:.5rem;margin-top:.3rem;box-sizing:border-box}"
+    "button{padding:.6rem 1.2rem;margin:.8rem .5rem 0 0;border-radius:5px;border:0;"
+    "font-weight:600;cursor:pointer}button[value=allow]{background:#1473e6;color:#fff}"
+    ".hint{color:#666;font-size:.85rem}"
+)
+
+
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     doc = (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+        f"<style>{_STYLE}</style></head><body><main><h1>{html.escape(title)}</h1>{body}"
+        "</main></body></html>"
     )
     return HTMLResponse(doc, status, headers={"Cache-Control": "no-store"})
 
@@ -369,6 +381,8 @@ def _login_form(p: Mapping[str, str], error: str | None = None, status: int = 20
         '<label>Password <input name="password" type="password"></label>'
         '<button type="submit" name="decision" value="allow">Allow</button>'
         '<button type="submit" name="decision" value="deny">Deny</button></form>'
+        "<p class='hint'>This is the project's Workfront emulator: any user name and "
+        "password sign in.</p>"
     )
     return _page("Workfront emulator: sign in and allow access", form, status)
 
