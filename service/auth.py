@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.db import read_one
 from service.models import ApiClient
 
 KEY_PREFIX = "wtb_"
@@ -77,13 +78,15 @@ class ApiKeyAuthenticator:
         query = select(ApiClient.id, ApiClient.name, ApiClient.scopes, ApiClient.key_hash).where(
             ApiClient.key_hash == digest, ApiClient.revoked_at.is_(None)
         )
-        async with self._reader.connect() as conn:
-            row = (await conn.execute(query)).one_or_none()
+        row = await read_one(self._reader, query)
         # The index lookup already matched; compare again in constant time so the
         # decision never depends on a short-circuiting byte comparison.
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
+        if row is None:
             return None
-        return Principal(client_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+        client_id, name, scopes, key_hash = row
+        if not hmac.compare_digest(key_hash, digest):
+            return None
+        return Principal(client_id=client_id, name=name, scopes=frozenset(scopes))
 
     def forget(self) -> None:
         """Drop the cache (this process revoked a key; others converge within a second)."""

@@ -28,12 +28,20 @@ async def run_rounds(
         try:
             busy = await round_()
             failures = 0
-        except (SQLAlchemyError, OSError) as exc:
+        except Exception as exc:
+            # Nothing ends the loop but cancellation: a database outage is
+            # expected and logged briefly, anything else with its traceback.
             failures += 1
-            delay = min(MAX_BACKOFF_SECONDS, poll_seconds * 2**failures)
-            log.warning(
-                "%s: database unavailable (%s), retry in %.0fs", name, type(exc).__name__, delay
-            )
+            delay = min(MAX_BACKOFF_SECONDS, poll_seconds * 2 ** min(failures, 16))
+            if isinstance(exc, SQLAlchemyError | OSError):
+                log.warning(
+                    "%s: database unavailable (%s), retry in %.0fs",
+                    name,
+                    type(exc).__name__,
+                    delay,
+                )
+            else:
+                log.exception("%s: round failed, retry in %.0fs", name, delay)
             await asyncio.sleep(delay)
             continue
         if not busy:

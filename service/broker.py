@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from service import webhooks
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
-from service.db import SessionFactory
+from service.db import SessionFactory, read_one
 from service.metrics import REFRESHES
 from service.models import (
     STATUS_ACTIVE,
@@ -57,6 +57,9 @@ REFRESH = "refresh_token"
 
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
+_VERSION_READ = select(Connection.token_version, Connection.last_refreshed_at, func.now()).where(
+    Connection.id == bindparam("connection_id")
+)
 # Built once: constructing the statement per call costs more than running it.
 _TOKEN_READ = select(
     Connection.status,
@@ -73,6 +76,7 @@ class _Flight:
 
     task: asyncio.Task[IssuedToken]
     seen_version: int
+    forced: bool
 
 
 class ConnectionNotFound(Exception):
@@ -134,6 +138,7 @@ class Broker:
         self._cipher = cipher
         self._workfront = workfront
         self._flights: dict[uuid.UUID, _Flight] = {}
+        self._refresh_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     # Encryption helpers ----------------------------------------------------------
 
@@ -175,10 +180,7 @@ class Broker:
         """A session with at least ``min_ttl`` seconds left, refreshing first when needed."""
         # The hot path: one indexed read of just these columns, in autocommit
         # (no BEGIN/ROLLBACK round trips), no ORM object.
-        async with self._reader.connect() as conn:
-            found = (
-                await conn.execute(_TOKEN_READ, {"connection_id": connection_id})
-            ).one_or_none()
+        found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
         if found is None:
             raise ConnectionNotFound
         status, sealed, expires_at, user_id, seen_version = found
@@ -215,19 +217,13 @@ class Broker:
 
     async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
         """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
-        async with self._reader.connect() as conn:
-            found = (
-                await conn.execute(
-                    select(Connection.token_version, Connection.last_refreshed_at).where(
-                        Connection.id == connection_id
-                    )
-                )
-            ).one_or_none()
+        found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
         if found is None:
             raise ConnectionNotFound
-        version, last_refreshed_at = found
+        version, last_refreshed_at, db_now = found
         debounce = timedelta(seconds=self._settings.force_refresh_debounce_seconds)
-        if last_refreshed_at is not None and _now() - last_refreshed_at < debounce:
+        # Both times from the database's clock: replicas' clocks may disagree.
+        if last_refreshed_at is not None and db_now - last_refreshed_at < debounce:
             # Refreshed a moment ago (by a caller who saw the same rejection).
             return await self.get_token(connection_id, min_ttl=0)
         return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
@@ -237,33 +233,43 @@ class Broker:
     async def _join_flight(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
-        flight = self._flights.get(connection_id)
-        if flight is not None and forced and flight.seen_version < seen_version:
-            # That flight started from an older version and may end by handing
-            # back the very session this caller saw rejected: let it finish,
-            # then refresh from what the caller saw.
+        # shield: a caller that goes away must not cancel a refresh in progress.
+        while (flight := self._flights.get(connection_id)) is not None:
+            if not forced or (flight.forced and flight.seen_version >= seen_version):
+                return await asyncio.shield(flight.task)
+            # A forced caller saw its session rejected; a flight that may not go
+            # upstream (not forced) or that started from an older version could
+            # hand that very session back. Let it finish, then refresh anew.
             with contextlib.suppress(Exception):
                 await asyncio.shield(flight.task)
-            flight = self._flights.get(connection_id)
-        if flight is None:
-            task = asyncio.create_task(
-                self._refresh_locked(
-                    connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
-                ),
-                name=f"refresh-{connection_id}",
-            )
-            flight = _Flight(task=task, seen_version=seen_version)
-            self._flights[connection_id] = flight
+        task = asyncio.create_task(
+            self._refresh_locked(
+                connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+            ),
+            name=f"refresh-{connection_id}",
+        )
+        flight = _Flight(task=task, seen_version=seen_version, forced=forced)
+        self._flights[connection_id] = flight
 
-            def forget(_: asyncio.Task[IssuedToken], current: _Flight = flight) -> None:
-                if self._flights.get(connection_id) is current:
-                    del self._flights[connection_id]
+        def forget(_: asyncio.Task[IssuedToken], current: _Flight = flight) -> None:
+            if self._flights.get(connection_id) is current:
+                del self._flights[connection_id]
 
-            task.add_done_callback(forget)
-        # shield: a caller that goes away must not cancel a refresh in progress.
-        return await asyncio.shield(flight.task)
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
 
     async def _refresh_locked(
+        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+    ) -> IssuedToken:
+        # A refresh holds a pooled connection across the lock wait and the
+        # upstream call; at most half the pool does, so token reads of live
+        # sessions keep working while Workfront is slow.
+        async with self._refresh_slots:
+            return await self._refresh_under_lock(
+                connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+            )
+
+    async def _refresh_under_lock(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)

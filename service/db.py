@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import MetaData
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -10,6 +13,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.sql.base import Executable
 
 # Stable constraint names so Alembic autogenerate and hand-written migrations agree.
 NAMING_CONVENTION = {
@@ -45,6 +49,26 @@ def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # not live forever.
         pool_recycle=1800,
     )
+
+
+async def read_one(
+    engine: AsyncEngine, statement: Executable, params: dict[str, Any] | None = None
+) -> tuple[Any, ...] | None:
+    """One row from a single-statement read, retried once on a dead pooled connection.
+
+    Without pre-ping, a pooled connection can have died (server restart, idle
+    timeout, a proxy); SQLAlchemy marks it invalidated, so one retry on a
+    fresh connection tells a stale connection from a real outage.
+    """
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                row = (await conn.execute(statement, params or {})).one_or_none()
+            return None if row is None else tuple(row)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    return None  # unreachable: the second attempt returns or raises
 
 
 def autocommit(engine: AsyncEngine) -> AsyncEngine:

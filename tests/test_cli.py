@@ -110,14 +110,22 @@ async def _wait_for_key(process: subprocess.Popen[str], log: Path) -> str:
     raise AssertionError(log.read_text())
 
 
-async def _connect_in_demo(broker_url: str) -> None:
-    async with httpx.AsyncClient(base_url=broker_url) as browser:
-        for _ in range(100):
+async def _wait_ready(broker_url: str, within: float = 60) -> None:
+    deadline = time.monotonic() + within
+    async with httpx.AsyncClient(base_url=broker_url) as probe:
+        while True:
             try:
-                if (await browser.get("/readyz")).status_code == 200:
-                    break
+                if (await probe.get("/readyz")).status_code == 200:
+                    return
             except httpx.TransportError:
-                await asyncio.sleep(0.1)
+                pass
+            assert time.monotonic() < deadline, f"{broker_url} did not become ready"
+            await asyncio.sleep(0.1)
+
+
+async def _connect_in_demo(broker_url: str) -> None:
+    await _wait_ready(broker_url)
+    async with httpx.AsyncClient(base_url=broker_url) as browser:
         start = await browser.get("/oauth/authorize")
         location = urlsplit(start.headers["location"])
         params = {k: v[0] for k, v in parse_qs(location.query).items()}
@@ -151,15 +159,11 @@ async def test_dev_runs_the_whole_demo_and_keeps_its_data(tmp_path: Path) -> Non
         try:
             key = await _wait_for_key(process, log)
             headers = {"Authorization": f"Bearer {key}"}
+            await _wait_ready(broker_url)
             if round_ == 0:
                 await _connect_in_demo(broker_url)
             async with httpx.AsyncClient(base_url=broker_url, headers=headers) as api:
-                for _ in range(100):
-                    try:
-                        listed = await api.get("/v1/connections")
-                        break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.1)
+                listed = await api.get("/v1/connections")
                 assert listed.status_code == 200
                 [connection] = listed.json()
                 token = await api.get(f"/v1/connections/{connection['id']}/token")

@@ -63,7 +63,7 @@ async def test_fifty_token_requests_share_one_refresh(
 async def test_fifty_forced_refreshes_share_one_upstream_call(broker: BrokerHarness) -> None:
     connection_id = await broker.connect("alice")
     headers = await broker.api_key("tokens:read")
-    await broker.emulator.configure(latency_ms=100)
+    await broker.emulator.configure(latency_ms=500)  # all 50 read the version before it ends
     responses = await asyncio.gather(
         *(
             broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
@@ -105,7 +105,13 @@ async def test_caller_going_away_does_not_lose_the_rotated_token(
     call = asyncio.create_task(
         broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
     )
-    await asyncio.sleep(0.1)
+    # Cancel only once the refresh is really in flight.
+    flights = broker.app.state.runtime.broker._flights
+    for _ in range(200):
+        if flights:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -300,7 +306,13 @@ async def test_two_processes_share_one_refresh(
     connection_id = await broker.connect("alice")
     headers = await broker.api_key("tokens:read")
     async with serve_processes(
-        2, database_url=database_url, settings=broker.settings, log_dir=tmp_path
+        2,
+        database_url=database_url,
+        settings=broker.settings,
+        log_dir=tmp_path,
+        # Stragglers of the forced round that arrive after its refresh
+        # committed share it too, however the 50 requests spread out.
+        extra_env={"BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "30"},
     ) as urls:
         await _expire_soon(db, connection_id, 10)
         await broker.emulator.configure(latency_ms=300)
@@ -318,7 +330,7 @@ async def test_two_processes_share_one_refresh(
             assert len(await _refresh_requests(broker.emulator)) == 1
 
             # Past the forced-refresh debounce, so the forced round refreshes.
-            await asyncio.sleep(1.2)
+            await db.execute("UPDATE connections SET last_refreshed_at = now() - interval '1 hour'")
             forced = await asyncio.gather(
                 *(
                     client.post(

@@ -143,3 +143,20 @@ async def test_rejected_client_credentials_do_not_mark_users_needs_reauth(
         again = await fixed.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
         assert again.status_code == 200
     assert (await emulator.stats())["reuse_detected"] == 0
+
+
+async def test_a_pooled_connection_killed_while_idle_costs_no_error(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("idle-pool")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    assert (await broker.client.get(url, headers=headers)).status_code == 200
+    # An idle timeout or a proxy ends the broker's pooled connections.
+    killed = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    assert killed >= 1
+    response = await broker.client.get(url, headers=headers)
+    assert response.status_code == 200, response.text

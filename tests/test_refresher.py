@@ -47,8 +47,10 @@ async def test_idle_connection_is_renewed_before_it_expires(
     settings_for: Callable[..., Settings],
     db: asyncpg.Connection,
 ) -> None:
-    await emulator.configure(session_ttl_seconds=4)
-    async with running_broker(_fast_refresher(settings_for), emulator) as broker:
+    await emulator.configure(session_ttl_seconds=6)
+    # Renewal comes due 4-4.8 s before the 6 s session lapses: seconds of margin.
+    settings = _fast_refresher(settings_for, session_ttl_seconds=6, refresh_ahead_seconds=4)
+    async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("idle")
         first_expiry = await db.fetchval(
             "SELECT expires_at FROM connections WHERE id = $1", connection_id
@@ -83,7 +85,9 @@ async def test_transient_failures_back_off_and_recover(
     settings_for: Callable[..., Settings],
     db: asyncpg.Connection,
 ) -> None:
-    async with running_broker(_fast_refresher(settings_for), emulator) as broker:
+    async with running_broker(
+        _fast_refresher(settings_for, session_ttl_seconds=60), emulator
+    ) as broker:
         connection_id = await broker.connect("flaky")
         await emulator.faults({"kind": "status", "status": 500}, {"kind": "status", "status": 503})
         await db.execute(

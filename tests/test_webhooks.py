@@ -165,7 +165,14 @@ async def test_events_survive_a_receiver_outage(
     with serve_receiver(receiver, hook_port):
         await _wait_for(lambda: len(receiver.received) >= 1, within=15)
         receiver.status = 204
-        await db.execute("UPDATE webhook_outbox SET next_attempt_at = now()")  # skip the wait
+        # Once the 503 is recorded (so our update is not overwritten), skip the wait.
+        deadline = time.monotonic() + 10
+        while not await db.fetchval(
+            "SELECT count(*) FROM webhook_outbox WHERE last_error LIKE '%503%'"
+        ):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        await db.execute("UPDATE webhook_outbox SET next_attempt_at = now()")
         await _wait_for(lambda: len(receiver.received) >= 2, within=15)
         await asyncio.sleep(0.3)
     delivered = await db.fetchrow("SELECT * FROM webhook_outbox")
