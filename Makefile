@@ -40,6 +40,7 @@ openapi: install
 
 bench: install
 	$(BIN)/python bench/token_read.py
+	$(BIN)/python bench/refresh_shared.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

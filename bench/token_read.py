@@ -21,6 +21,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -122,7 +125,19 @@ def _report(name: str, latencies: list[float], elapsed: float) -> float:
     return rate
 
 
-async def main() -> None:
+@dataclass
+class Stack:
+    """A running broker (real serve process), emulator and database, one user connected."""
+
+    client: httpx.AsyncClient
+    base: str
+    emulator_url: str
+    connection_id: str
+    headers: dict[str, str]
+
+
+@asynccontextmanager
+async def running_stack(**broker_env: str) -> AsyncIterator[Stack]:
     server_url, pg = _server_url()
     database_url = await _fresh_database(server_url)
     await asyncio.to_thread(migrate, database_url)
@@ -154,6 +169,7 @@ async def main() -> None:
         "BROKER_ENCRYPTION_KEYS": f"b1:{generate_key()}",
         "BROKER_ADMIN_API_KEY": ADMIN_KEY,
         "BROKER_LOG_LEVEL": "WARNING",
+        **broker_env,
     }
     broker = subprocess.Popen(
         [sys.executable, "-m", "service", "serve", "--port", str(broker_port)],
@@ -175,38 +191,47 @@ async def main() -> None:
                 "/v1/clients", json={"name": "bench", "scopes": ["tokens:read"]}, headers=admin
             )
             headers = {"Authorization": f"Bearer {made.json()['api_key']}"}
-            token_url = f"/v1/connections/{connection_id}/token"
-            await _drive(client, "/healthz", {})  # warm up both paths
-            await _drive(client, token_url, headers)
-
-            if WRK is not None:
-                print(f"wrk, {WRK_SECONDS}s each, {CONCURRENCY} connections, one serve process")
-                results = {}
-                for name, url, hdrs in (
-                    ("healthz", "/healthz", {}),
-                    ("token", token_url, headers),
-                ):
-                    rate, p50, p99 = _wrk(f"{broker_base}{url}", hdrs)
-                    results[name] = rate
-                    print(f"{name:<10} {rate:8.0f} req/s   p50 {p50:>8}   p99 {p99:>8}")
-                print(
-                    f"ratio token/healthz throughput: {results['token'] / results['healthz']:.2f}"
-                )
-                return
-            print(f"{REQUESTS} requests, concurrency {CONCURRENCY}, one serve process")
-            started = time.perf_counter()
-            latencies = await _drive(client, "/healthz", {})
-            baseline = _report("healthz", latencies, time.perf_counter() - started)
-            started = time.perf_counter()
-            latencies = await _drive(client, token_url, headers)
-            token_rate = _report("token", latencies, time.perf_counter() - started)
-            print(f"ratio token/healthz throughput: {token_rate / baseline:.2f}")
+            yield Stack(
+                client=client,
+                base=broker_base,
+                emulator_url=f"http://127.0.0.1:{emulator_port}",
+                connection_id=connection_id,
+                headers=headers,
+            )
     finally:
         broker.terminate()
         broker.wait(timeout=10)
         emulator.should_exit = True
         if pg is not None:
             pg.cleanup()  # type: ignore[attr-defined]
+
+
+async def main() -> None:
+    async with running_stack() as stack:
+        client, broker_base, headers = stack.client, stack.base, stack.headers
+        token_url = f"/v1/connections/{stack.connection_id}/token"
+        await _drive(client, "/healthz", {})  # warm up both paths
+        await _drive(client, token_url, headers)
+        if WRK is not None:
+            print(f"wrk, {WRK_SECONDS}s each, {CONCURRENCY} connections, one serve process")
+            results = {}
+            for name, url, hdrs in (
+                ("healthz", "/healthz", {}),
+                ("token", token_url, headers),
+            ):
+                rate, p50, p99 = _wrk(f"{broker_base}{url}", hdrs)
+                results[name] = rate
+                print(f"{name:<10} {rate:8.0f} req/s   p50 {p50:>8}   p99 {p99:>8}")
+            print(f"ratio token/healthz throughput: {results['token'] / results['healthz']:.2f}")
+            return
+        print(f"{REQUESTS} requests, concurrency {CONCURRENCY}, one serve process")
+        started = time.perf_counter()
+        latencies = await _drive(client, "/healthz", {})
+        baseline = _report("healthz", latencies, time.perf_counter() - started)
+        started = time.perf_counter()
+        latencies = await _drive(client, token_url, headers)
+        token_rate = _report("token", latencies, time.perf_counter() - started)
+        print(f"ratio token/healthz throughput: {token_rate / baseline:.2f}")
 
 
 async def _connect(client: httpx.AsyncClient) -> str:
