@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +38,11 @@ CONNECTION_RECOVERED = "connection.recovered"
 CONNECTION_DELETED = "connection.deleted"
 
 _LEASE_SECONDS = 60.0
+DELIVERED_RETENTION_SECONDS = 7 * 86_400
+_CLEANUP_EVERY_SECONDS = 3600.0
+_CLEANUP = text(
+    "DELETE FROM webhook_outbox WHERE delivered_at < now() - make_interval(secs => :keep)"
+)
 _MAX_BACKOFF_SECONDS = 600.0
 
 _CLAIM = text(
@@ -96,6 +102,7 @@ class WebhookDeliverer:
         self._sessions = sessions
         self._http = http
         self._signer = Webhook(settings.webhook_secret.get_secret_value())
+        self._next_cleanup = 0.0
 
     async def run(self) -> None:
         async def round_() -> bool:
@@ -106,6 +113,10 @@ class WebhookDeliverer:
     async def run_once(self) -> int:
         async with self._sessions() as session, session.begin():
             rows = (await session.execute(_CLAIM, {"batch": 50, "lease": _LEASE_SECONDS})).all()
+            if time.monotonic() >= self._next_cleanup:
+                # Delivered events are kept a while for inspection, not forever.
+                self._next_cleanup = time.monotonic() + _CLEANUP_EVERY_SECONDS
+                await session.execute(_CLEANUP, {"keep": DELIVERED_RETENTION_SECONDS})
         await asyncio.gather(*(self._deliver(row.id, row.payload, row.attempts) for row in rows))
         return len(rows)
 

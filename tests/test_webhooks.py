@@ -187,3 +187,22 @@ async def test_no_outbox_rows_without_webhooks(
 ) -> None:
     await broker.connect("quiet")
     assert await db.fetchval("SELECT count(*) FROM webhook_outbox") == 0
+
+
+async def test_old_delivered_events_are_cleaned_up(
+    hooked_broker: BrokerHarness, hook_port: int, db: asyncpg.Connection
+) -> None:
+    receiver = Receiver()
+    with serve_receiver(receiver, hook_port):
+        await hooked_broker.connect("old")
+        await _wait_for(lambda: len(receiver.received) >= 1)
+        await asyncio.sleep(0.3)
+    await db.execute("UPDATE webhook_outbox SET delivered_at = now() - interval '8 days'")
+    pending = await db.fetchval("SELECT count(*) FROM webhook_outbox")
+    assert pending == 1
+    # A fresh deliverer cleans up on its first round.
+    async with running_broker(hooked_broker.settings, hooked_broker.emulator):
+        deadline = time.monotonic() + 5
+        while await db.fetchval("SELECT count(*) FROM webhook_outbox"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends
+from sqlalchemy import delete
 
 from service.auth import now_utc
 from service.broker import record_event
@@ -71,6 +72,11 @@ async def create_connect_session(
     session_id = uuid.uuid4()
     expires_at = now_utc() + CONNECT_SESSION_TTL
     async with runtime.sessions() as session, session.begin():
+        # Expired links (and, by cascade, their attempts) are removed as new
+        # ones are made; no separate job needed.
+        await session.execute(
+            delete(ConnectSession).where(ConnectSession.expires_at < now_utc() - timedelta(days=1))
+        )
         session.add(
             ConnectSession(
                 id=session_id,
