@@ -324,13 +324,8 @@ class Broker:
                 await record_event(
                     session, "refresh.failed", connection_id=row.id, reason="grant_revoked"
                 )
-                await self._connection_event(
-                    session,
-                    webhooks.CONNECTION_NEEDS_REAUTH,
-                    connection_id=row.id,
-                    user_id=row.user_id,
-                    external_ref=row.external_ref,
-                    reason="grant_revoked",
+                await self._row_event(
+                    session, webhooks.CONNECTION_NEEDS_REAUTH, row, reason="grant_revoked"
                 )
                 log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
                 # Committed when the block exits; the exception leaves after that.
@@ -384,6 +379,25 @@ class Broker:
             connection_id=connection_id,
             user_id=user_id,
             external_ref=external_ref,
+            **detail,
+        )
+
+    async def _row_event(
+        self,
+        session: AsyncSession,
+        event_type: str,
+        row: Connection,
+        *,
+        client_id: uuid.UUID | None = None,
+        **detail: Any,
+    ) -> None:
+        await self._connection_event(
+            session,
+            event_type,
+            connection_id=row.id,
+            user_id=row.user_id,
+            external_ref=row.external_ref,
+            client_id=client_id,
             **detail,
         )
 
@@ -463,13 +477,7 @@ class Broker:
                         recovered=recovered,
                     )
                     if recovered:
-                        await self._connection_event(
-                            session,
-                            webhooks.CONNECTION_RECOVERED,
-                            connection_id=row.id,
-                            user_id=row.user_id,
-                            external_ref=row.external_ref,
-                        )
+                        await self._row_event(session, webhooks.CONNECTION_RECOVERED, row)
                     return row.id, False
             except IntegrityError:
                 # Two callbacks for one new user raced on the unique key: retry as an update.
@@ -528,14 +536,7 @@ class Broker:
             except Exception:  # a row we cannot decrypt is still deletable
                 access_token = None
             await session.execute(delete(Connection).where(Connection.id == connection_id))
-            await self._connection_event(
-                session,
-                webhooks.CONNECTION_DELETED,
-                connection_id=connection_id,
-                user_id=row.user_id,
-                external_ref=row.external_ref,
-                client_id=client_id,
-            )
+            await self._row_event(session, webhooks.CONNECTION_DELETED, row, client_id=client_id)
         if access_token is not None:
             await self._workfront.logout(access_token)
 

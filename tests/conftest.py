@@ -12,6 +12,8 @@ import os
 import random
 import secrets
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -47,6 +49,31 @@ TABLES = (
     "api_clients",
     "webhook_outbox",
 )
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def env_without_broker(**extra: str) -> dict[str, str]:
+    """This process's environment minus every BROKER_ variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m service ARGS` as a user runs it; never raises on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _ephemeral_range() -> tuple[int, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
@@ -17,37 +16,17 @@ import asyncpg
 import httpx
 
 from service.config import Settings
-from tests.conftest import Emulator, free_port, running_broker
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env.update(extra)
-    return env
-
-
-def _cli(*args: str, env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.conftest import Emulator, env_without_broker, free_port, run_cli, running_broker
 
 
 def test_migrate_is_idempotent(database_url: str) -> None:
-    result = _cli("migrate", env=_clean_env(BROKER_DATABASE_URL=database_url))
+    result = run_cli("migrate", env=env_without_broker(BROKER_DATABASE_URL=database_url))
     assert result.returncode == 0, result.stderr
     assert "newest revision" in result.stdout
 
 
 def test_migrate_without_database_url_says_so(tmp_path: Path) -> None:
-    result = _cli("migrate", env=_clean_env(), cwd=tmp_path)
+    result = run_cli("migrate", env=env_without_broker(), cwd=tmp_path)
     assert result.returncode == 2
     assert "configuration error: BROKER_DATABASE_URL: required but not set" in result.stderr
 
@@ -58,9 +37,9 @@ async def test_clients_create_prints_a_working_key(
     emulator: Emulator,
     settings_for: Callable[..., Settings],
 ) -> None:
-    result = _cli(
+    result = run_cli(
         "clients", "create", "--name", "cli-made", "--scope", "connections:read",
-        env=_clean_env(BROKER_DATABASE_URL=database_url),
+        env=env_without_broker(BROKER_DATABASE_URL=database_url),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     key = re.search(r"wtb_[A-Za-z0-9_-]{43}", result.stdout)
@@ -72,9 +51,9 @@ async def test_clients_create_prints_a_working_key(
 
 
 def test_clients_create_refuses_an_unknown_scope(database_url: str) -> None:
-    result = _cli(
+    result = run_cli(
         "clients", "create", "--name", "x", "--scope", "everything",
-        env=_clean_env(BROKER_DATABASE_URL=database_url),
+        env=env_without_broker(BROKER_DATABASE_URL=database_url),
     )  # fmt: skip
     assert result.returncode == 2
     assert "--scopes" in result.stderr
@@ -143,7 +122,7 @@ async def test_dev_runs_the_whole_demo_and_keeps_its_data(tmp_path: Path) -> Non
     port, emulator_port = free_port(), free_port()
     broker_url = f"http://127.0.0.1:{port}"
     args = ["dev", "--port", str(port), "--emulator-port", str(emulator_port)]
-    env = _clean_env()
+    env = env_without_broker()
     session_ids = []
     for round_ in range(2):
         log = tmp_path / f"dev-{round_}.log"

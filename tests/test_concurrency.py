@@ -26,8 +26,6 @@ from tests.conftest import (
     running_broker,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 async def _expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
     await db.execute(

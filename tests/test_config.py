@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,8 @@ from service.config import (
     require_database_url,
 )
 from service.crypto import generate_key
+from tests.conftest import REPO, env_without_broker, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 REQUIRED = (
     "BROKER_WORKFRONT_URL",
     "BROKER_CLIENT_ID",
@@ -390,17 +389,9 @@ def test_settings_constructor_ignores_dotenv_when_told(
 
 
 def _serve(tmp_path: Path, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {name: value for name, value in os.environ.items() if not name.startswith("BROKER_")}
-    base["PYTHONPATH"] = str(REPO)
-    return subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--port", "1"],
-        cwd=tmp_path,  # no .env here
-        env={**base, **values},
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    env = env_without_broker(PYTHONPATH=str(REPO), **values)
+    # cwd: no .env there
+    return run_cli("serve", "--port", "1", env=env, cwd=tmp_path, timeout=20)
 
 
 def _config_lines(stderr: str) -> list[str]:

@@ -6,8 +6,6 @@ import asyncio
 import base64
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -29,11 +27,12 @@ from tests.conftest import (
     CLIENT_SECRET,
     BrokerHarness,
     Emulator,
+    env_without_broker,
     make_settings,
+    run_cli,
     running_broker,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 AAD = row_aad("connections", "11111111-1111-1111-1111-111111111111", "refresh_token")
 TAG_BYTES = 16
 
@@ -375,8 +374,7 @@ async def test_ciphertext_copied_into_another_row_answers_a_clear_problem(
 
 
 def _cli_env(database_url: str, emulator: Emulator, keys: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
-    env.update(
+    return env_without_broker(
         BROKER_DATABASE_URL=database_url,
         BROKER_ENCRYPTION_KEYS=keys,
         BROKER_WORKFRONT_URL=emulator.base_url,
@@ -386,20 +384,10 @@ def _cli_env(database_url: str, emulator: Emulator, keys: str) -> dict[str, str]
         BROKER_CLIENT_SECRET=CLIENT_SECRET,
         BROKER_REDIRECT_URI=f"{BROKER_BASE}/oauth/callback",
     )
-    return env
 
 
 async def _run_rotate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "service", "keys", "rotate"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return await asyncio.to_thread(run_cli, "keys", "rotate", env=env)
 
 
 async def _stored_values(db: asyncpg.Connection) -> list[str]:
