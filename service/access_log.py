@@ -1,19 +1,53 @@
-"""Access log as plain ASGI middleware: method, path, status, duration; never the query.
+"""Access log as plain ASGI middleware, and the request id every log line carries.
 
-The query string can hold an OAuth code or state, so uvicorn's access log
-(which prints it) is off and this one prints the path only. Plain ASGI rather
-than Starlette's BaseHTTPMiddleware, which costs a task and a stream per
-request on the hot token path.
+What is logged of a request is its method, its route (the path *template*,
+e.g. ``/connect/{token}``, so a one-time connect link never reaches a log),
+status and duration: never the query string (``/oauth/callback`` carries the
+authorization code and state) and never a header (``Authorization`` carries the
+API key). uvicorn's own access log prints query strings, so it is off.
+
+Plain ASGI rather than Starlette's BaseHTTPMiddleware, which costs a task and a
+stream per request on the hot token path.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 import time
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.logs import REQUEST_CONTEXT
+
 log = logging.getLogger("service.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+# A caller's own request id is kept only when it is short and plain, so it
+# cannot forge log structure or smuggle a secret into every line.
+_ACCEPTABLE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+_MAX_LOGGED_PATH = 120
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER:
+            if _ACCEPTABLE_ID.match(value):
+                return bytes(value).decode("ascii")
+            break
+    return secrets.token_hex(8)
+
+
+def logged_path(scope: Scope) -> str:
+    """The matched route's template, else the raw path (cut short): no parameters."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if isinstance(template, str):
+        return template
+    path: str = scope["path"]
+    return path if len(path) <= _MAX_LOGGED_PATH else path[:_MAX_LOGGED_PATH] + "…"
 
 
 class AccessLogMiddleware:
@@ -25,22 +59,36 @@ class AccessLogMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        request_id = _request_id(scope)
+        context: dict[str, Any] = {"scope": scope, "request_id": request_id}
+        token = REQUEST_CONTEXT.set(context)
         status = 500  # what the client sees if the app fails before answering
+        header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 
-        async def send_with_status(message: Message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, send_with_id)
         finally:
             if log.isEnabledFor(logging.INFO):
+                duration_ms = round((time.perf_counter() - started) * 1000, 2)
+                method, path = scope["method"], logged_path(scope)
                 log.info(
                     "%s %s %d %.1fms",
-                    scope["method"],
-                    scope["path"],
+                    method,
+                    path,
                     status,
-                    (time.perf_counter() - started) * 1000,
+                    duration_ms,
+                    extra={
+                        "method": method,
+                        "path": path,
+                        "status": status,
+                        "duration_ms": duration_ms,
+                    },
                 )
+            REQUEST_CONTEXT.reset(token)

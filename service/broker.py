@@ -34,6 +34,7 @@ from service import webhooks
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
 from service.db import SessionFactory, read_one
+from service.logs import CONNECTION_ID
 from service.metrics import REFRESHES
 from service.models import (
     STATUS_ACTIVE,
@@ -261,6 +262,9 @@ class Broker:
     async def _refresh_locked(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
+        # Its own task (see _join_flight), so this names the connection in the
+        # log lines of this refresh only.
+        CONNECTION_ID.set(str(connection_id))
         # A refresh holds a pooled connection across the lock wait and the
         # upstream call; at most half the pool does, so token reads of live
         # sessions keep working while Workfront is slow.

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for log collectors; `dev` always logs readable text.
+    log_format: Literal["json", "text"] = "json"
     # A forced refresh arriving this soon after the last refresh returns that
     # fresh session instead of calling Workfront again: callers that saw the
     # old session rejected at about the same time share one refresh even when

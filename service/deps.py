@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from service.auth import Principal
+from service.logs import note_client
 from service.problems import ProblemError
 from service.runtime import Runtime
 
@@ -39,6 +40,7 @@ async def get_principal(
     principal = await runtime.authenticator.authenticate(key)
     if principal is None:
         raise ProblemError(401, "unauthorized", "unknown API key", headers=challenge)
+    note_client(principal.client_id)
     return principal
 
 

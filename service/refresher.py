@@ -24,6 +24,7 @@ from service.background import run_rounds
 from service.broker import Broker, ConnectionNotFound, NeedsReauth, UpstreamUnavailable
 from service.config import Settings
 from service.db import SessionFactory
+from service.logs import CONNECTION_ID
 from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Refresher:
             return [Claim(row.id, row.token_version, row.due_at) for row in rows]
 
     async def _refresh(self, claim: Claim) -> None:
+        CONNECTION_ID.set(str(claim.connection_id))  # gather gave this its own task
         async with self._slots:
             try:
                 await self._broker.refresh_claimed(

@@ -33,6 +33,9 @@ def make_server(app: ASGIApp, *, host: str, port: int, log_level: str = "info") 
         # Our middleware logs path-only lines; uvicorn's would print query
         # strings, which carry OAuth codes and state.
         access_log=False,
+        # No logging config of uvicorn's own: its loggers propagate to the root
+        # handler, so its lines come out in our format with our context fields.
+        log_config=None,
         lifespan="on",
         server_header=False,
     )
