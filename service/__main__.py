@@ -21,15 +21,20 @@ def migrate(database_url: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
-    from service.app import create_app
+    from service.app import begin_shutdown, create_app
     from service.serving import make_server, run_event_loop, serve_until_signalled
 
     settings = load_settings(require_database=True)
     configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
     server = make_server(
-        create_app(settings), host=args.host, port=args.port, log_level=settings.log_level
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        shutdown_timeout=settings.shutdown_timeout_seconds,
     )
-    run_event_loop(serve_until_signalled(server))
+    run_event_loop(serve_until_signalled(server, on_signal=lambda: begin_shutdown(app)))
 
 
 def _cmd_migrate(_: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ stream per request on the hot token path.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -21,6 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.logs import REQUEST_CONTEXT
+from service.problems import problem_response
 
 log = logging.getLogger("service.access")
 
@@ -62,18 +64,32 @@ class AccessLogMiddleware:
         request_id = _request_id(scope)
         context: dict[str, Any] = {"scope": scope, "request_id": request_id}
         token = REQUEST_CONTEXT.set(context)
-        status = 500  # what the client sees if the app fails before answering
+        status = 500  # what uvicorn answers if the app fails before it starts answering
+        started = False
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels requests still running when the graceful shutdown
+            # time is up, and would answer them 500. Tell the caller what it is:
+            # this replica is going away, try again (another one).
+            if not started:
+                shutting_down = problem_response(
+                    503,
+                    "shutting-down",
+                    "this broker instance is shutting down; retry the request",
+                    headers={"Retry-After": "1"},
+                )
+                await shutting_down(scope, receive, send_with_id)
+            raise
         finally:
             if log.isEnabledFor(logging.INFO):
                 duration_ms = round((time.perf_counter() - started) * 1000, 2)

@@ -28,32 +28,42 @@ problem details (`application/problem+json`).
 """
 
 
+def begin_shutdown(app: FastAPI) -> None:
+    """Stop starting background work now: the first step of a graceful shutdown.
+
+    Called on SIGTERM, before the server waits for requests in flight, so the
+    refresher does not claim new work during that wait. Refreshes already
+    running continue (they are shielded) and are settled by Broker.drain.
+    """
+    for task in getattr(app.state, "background_tasks", ()):
+        task.cancel()
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
-            refresher_task = None
+            tasks: list[asyncio.Task[None]] = []
             if settings.refresher_enabled:
                 refresher = Refresher(
                     settings=settings, sessions=runtime.sessions, broker=runtime.broker
                 )
-                refresher_task = asyncio.create_task(refresher.run(), name="refresher")
-            webhook_task = None
+                tasks.append(asyncio.create_task(refresher.run(), name="refresher"))
             if settings.webhook_url is not None:
                 deliverer = WebhookDeliverer(
                     settings=settings, sessions=runtime.sessions, http=runtime.http
                 )
-                webhook_task = asyncio.create_task(deliverer.run(), name="webhooks")
+                tasks.append(asyncio.create_task(deliverer.run(), name="webhooks"))
+            app.state.background_tasks = tasks
             try:
                 yield
             finally:
-                for task in (refresher_task, webhook_task):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
-                # A refresh in flight holds a rotated token until it commits.
+                begin_shutdown(app)
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                # A refresh in flight may hold a rotated token until it commits.
                 await runtime.broker.drain()
 
     app = FastAPI(

@@ -139,6 +139,8 @@ class Broker:
         self._cipher = cipher
         self._workfront = workfront
         self._flights: dict[uuid.UUID, _Flight] = {}
+        # Refresh tasks that have presented a refresh token and not yet committed.
+        self._presenting: set[asyncio.Task[Any]] = set()
         self._refresh_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     # Encryption helpers ----------------------------------------------------------
@@ -205,16 +207,28 @@ class Broker:
         await self._join_flight(connection_id, seen_version=seen_version, min_ttl=0, forced=True)
 
     async def drain(self) -> None:
-        """Let refreshes in flight finish (they hold rotated tokens) before shutdown.
+        """Shut down refreshes in flight without losing a refresh token, in bounded time.
 
-        Waits as long as one refresh can take: a full lock wait, then the
-        upstream call (httpx times connect and read separately, hence twice).
+        A refresh that has not yet presented its refresh token (waiting for a
+        pool slot or the row lock) is cancelled: its transaction rolls back and
+        Workfront never saw it. One that has presented it holds the rotated
+        token in memory until it commits, so it is waited for, as long as one
+        upstream call can take (httpx times connect and read separately, hence
+        twice), and only then cancelled.
         """
-        flights = [flight.task for flight in self._flights.values()]
-        if flights:
-            settings = self._settings
-            within = settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds + 5
-            await asyncio.wait(flights, timeout=within)
+        for flight in list(self._flights.values()):
+            if flight.task not in self._presenting:
+                flight.task.cancel()
+        waiting = [flight.task for flight in self._flights.values()]
+        if not waiting:
+            return
+        within = 2 * self._settings.upstream_timeout_seconds + 5
+        _, late = await asyncio.wait(waiting, timeout=within)
+        for task in late:
+            log.error("shutdown: a refresh still waiting for Workfront was abandoned")
+            task.cancel()
+        if late:
+            await asyncio.wait(late)
 
     async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
         """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
@@ -321,6 +335,13 @@ class Broker:
                 raise UpstreamUnavailable("backing off after a transient failure", wait)
 
             refresh_token = self._open(row, REFRESH)
+            # No await between here and the upstream call: drain() cancels a
+            # refresh only while it is outside this set, so before Workfront
+            # can have seen the token.
+            presenting = asyncio.current_task()
+            if presenting is not None:
+                self._presenting.add(presenting)
+                presenting.add_done_callback(self._presenting.discard)
             try:
                 tokens = await self._workfront.refresh(refresh_token)
             except GrantRevokedError as exc:

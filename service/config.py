@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
     lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # On SIGTERM: how long requests in flight may take before they are
+    # cancelled. Refreshes that already presented a refresh token are then
+    # given up to 2 x BROKER_UPSTREAM_TIMEOUT_SECONDS more to commit it.
+    shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
     # JSON lines for log collectors; `dev` always logs readable text.
     log_format: Literal["json", "text"] = "json"
     # A forced refresh arriving this soon after the last refresh returns that

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 import uvicorn
@@ -24,7 +24,14 @@ class Server(uvicorn.Server):
         yield
 
 
-def make_server(app: ASGIApp, *, host: str, port: int, log_level: str = "info") -> Server:
+def make_server(
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    shutdown_timeout: int | None = None,
+) -> Server:
     config = uvicorn.Config(
         app,
         host=host,
@@ -38,6 +45,9 @@ def make_server(app: ASGIApp, *, host: str, port: int, log_level: str = "info") 
         log_config=None,
         lifespan="on",
         server_header=False,
+        # After SIGTERM, requests in flight get this long to finish; then they
+        # are cancelled and the application's own shutdown runs.
+        timeout_graceful_shutdown=shutdown_timeout,
     )
     return Server(config)
 
@@ -57,12 +67,26 @@ def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
         runner.run(main)
 
 
-async def serve_until_signalled(*servers: Server) -> None:
+async def serve_until_signalled(
+    *servers: Server, on_signal: Callable[[], None] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT: then stop accepting and finish gracefully.
+
+    ``on_signal`` runs at the first signal (the broker stops its background
+    work there). A second signal skips the wait for requests in flight.
+    """
     loop = asyncio.get_running_loop()
+    signalled = False
 
     def stop() -> None:
+        nonlocal signalled
         for server in servers:
+            if signalled:
+                server.force_exit = True
             server.should_exit = True
+        if not signalled and on_signal is not None:
+            on_signal()
+        signalled = True
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
