@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Sequence
 
-from service.config import ConfigError, load_database_url, load_settings
+from service.config import ConfigError, Settings, load_database_url, load_settings
 from service.logs import configure_logging
+from service.stored_keys import missing_keys_problem
 
 
 def migrate(database_url: str) -> None:
@@ -26,6 +28,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     settings = load_settings(require_database=True)
     configure_logging(settings.log_level, settings.log_format)
+    missing = asyncio.run(_missing_stored_keys(settings))
+    if missing:
+        raise ConfigError([missing_keys_problem(missing)])
     app = create_app(settings)
     server = make_server(
         app,
@@ -96,18 +101,54 @@ def _cmd_clients_create(args: argparse.Namespace) -> None:
     print(key)
 
 
-async def _rotate_keys() -> int:
+async def _rotate_keys(batch_size: int) -> tuple[int, str]:
+    from service.broker import RotationStuck
     from service.runtime import open_runtime
 
     settings = load_settings()
     async with open_runtime(settings) as runtime:
-        return await runtime.broker.reencrypt_all()
+        try:
+            changed = await runtime.broker.reencrypt_all(batch_size=batch_size)
+        except RotationStuck as stuck:
+            raise ConfigError(
+                [
+                    f"BROKER_ENCRYPTION_KEYS: {stuck.left} connection(s) stay under another key: "
+                    f"is every replica running with {runtime.cipher.primary_key_id!r} first?"
+                ]
+            ) from None
+        return changed, runtime.cipher.primary_key_id
 
 
-def _cmd_keys_rotate(_: argparse.Namespace) -> None:
+def _cmd_keys_rotate(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ConfigError(["--batch-size: must be at least 1"])
     configure_logging()
-    changed = asyncio.run(_rotate_keys())
-    print(f"re-encrypted {changed} connection(s) under the primary key")
+    changed, primary = asyncio.run(_rotate_keys(args.batch_size))
+    print(f"re-encrypted {changed} connection(s) under the primary key {primary!r}")
+    print("every stored value now uses it; the other keys may be removed")
+
+
+async def _missing_stored_keys(settings: Settings) -> list[str]:
+    """Key ids stored values use that the keyring lacks; [] if it cannot tell yet."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.crypto import TokenCipher
+    from service.db import make_engine
+    from service.stored_keys import missing_key_ids
+
+    cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
+    engine = make_engine(load_database_url(), pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            return await missing_key_ids(conn, cipher)
+    except (SQLAlchemyError, OSError) as exc:
+        # No database yet, or no schema: /readyz reports it and checks again.
+        logging.getLogger("service").warning(
+            "start-up: stored encryption keys not checked (%s)", type(exc).__name__
+        )
+        return []
+    finally:
+        await engine.dispose()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="encryption keys").add_subparsers(
         dest="keys_command", required=True
     )
-    keys.add_parser("rotate", help="re-encrypt every token under the primary key").set_defaults(
-        func=_cmd_keys_rotate
-    )
+    rotate = keys.add_parser("rotate", help="re-encrypt every token under the primary key")
+    rotate.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    rotate.set_defaults(func=_cmd_keys_rotate)
     return parser
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -39,6 +39,7 @@ from service.metrics import REFRESHES
 from service.models import (
     STATUS_ACTIVE,
     STATUS_NEEDS_REAUTH,
+    Authorization,
     Connection,
     ConnectSession,
     Event,
@@ -90,6 +91,14 @@ class NeedsReauth(Exception):
 
 class ConnectLinkSpent(Exception):
     """A connect link was used by a concurrent callback first."""
+
+
+class RotationStuck(Exception):
+    """keys rotate: rows stayed under an old key (a replica still encrypts with it?)."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__(left)
+        self.left = left
 
 
 class UpstreamUnavailable(Exception):
@@ -565,31 +574,76 @@ class Broker:
         if access_token is not None:
             await self._workfront.logout(access_token)
 
-    async def reencrypt_all(self) -> int:
-        """Re-encrypt every stored token under the primary key (``keys rotate``)."""
-        primary = self._cipher.primary_key_id
+    async def reencrypt_all(
+        self, *, batch_size: int = 500, stuck_after_seconds: float = 120.0
+    ) -> int:
+        """Re-encrypt every stored value under the primary key (``keys rotate``).
+
+        Batches of rows, each in its own short transaction, while replicas keep
+        serving. Rows locked by a refresh are skipped, not waited for: that
+        refresh writes its new tokens under the primary key itself (when its
+        replica already has the new key first), and the loop comes back until
+        no value under another key is left.
+        """
+        primary = f"{self._cipher.primary_key_id}:"
+        n = len(primary)
+        stale = or_(
+            func.left(Connection.access_token_enc, n) != primary,
+            func.left(Connection.refresh_token_enc, n) != primary,
+        )
+        loop = asyncio.get_running_loop()
         changed = 0
-        async with self._sessions() as session:
-            ids = (await session.scalars(select(Connection.id))).all()
-        for connection_id in ids:
+        stuck_since: float | None = None
+        while True:
             async with self._sessions() as session, session.begin():
-                row = await session.scalar(
-                    select(Connection).where(Connection.id == connection_id).with_for_update()
-                )
-                if row is None:
-                    continue
-                if (
-                    TokenCipher.key_id_of(row.access_token_enc) == primary
-                    and TokenCipher.key_id_of(row.refresh_token_enc) == primary
-                ):
-                    continue
-                await session.execute(
-                    update(Connection)
-                    .where(Connection.id == connection_id)
-                    .values(
-                        access_token_enc=self._seal(row.id, ACCESS, self._open(row, ACCESS)),
-                        refresh_token_enc=self._seal(row.id, REFRESH, self._open(row, REFRESH)),
+                rows = (
+                    await session.scalars(
+                        select(Connection)
+                        .where(stale)
+                        .order_by(Connection.id)
+                        .limit(batch_size)
+                        .with_for_update(skip_locked=True)
                     )
+                ).all()
+                for row in rows:
+                    row.access_token_enc = self._seal(row.id, ACCESS, self._open(row, ACCESS))
+                    row.refresh_token_enc = self._seal(row.id, REFRESH, self._open(row, REFRESH))
+            changed += len(rows)
+            if rows:
+                stuck_since = None
+                log.info("keys rotate: %d connection(s) re-encrypted so far", changed)
+                continue
+            async with self._sessions() as session:
+                left = await session.scalar(
+                    select(func.count()).select_from(Connection).where(stale)
                 )
-                changed += 1
+            if not left:
+                break
+            stuck_since = stuck_since if stuck_since is not None else loop.time()
+            if loop.time() - stuck_since > stuck_after_seconds:
+                raise RotationStuck(left)
+            await asyncio.sleep(0.2)  # rows held by refreshes in progress
+        await self._reencrypt_verifiers(primary)
         return changed
+
+    async def _reencrypt_verifiers(self, primary: str) -> None:
+        """PKCE verifiers of sign-ins in progress (short-lived, few)."""
+        async with self._sessions() as session, session.begin():
+            attempts = (
+                await session.scalars(
+                    select(Authorization)
+                    .where(
+                        Authorization.code_verifier_enc.is_not(None),
+                        func.left(Authorization.code_verifier_enc, len(primary)) != primary,
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            for attempt in attempts:
+                sealed = attempt.code_verifier_enc
+                if sealed is None:  # excluded by the query; narrows the type
+                    continue
+                aad = row_aad("authorizations", attempt.id, "code_verifier")
+                attempt.code_verifier_enc = self._cipher.encrypt(
+                    self._cipher.decrypt(sealed, aad=aad), aad=aad
+                )

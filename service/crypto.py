@@ -105,6 +105,10 @@ class TokenCipher:
     def primary_key_id(self) -> str:
         return self._keys[0].key_id
 
+    @property
+    def key_ids(self) -> list[str]:
+        return [key.key_id for key in self._keys]
+
     def encrypt(self, plaintext: str, *, aad: bytes) -> str:
         key = self._keys[0]
         nonce = os.urandom(NONCE_BYTES)

@@ -17,6 +17,7 @@ from service.broker import Broker
 from service.config import Settings, require_database_url
 from service.crypto import TokenCipher
 from service.db import SessionFactory, autocommit, make_engine, make_session_factory
+from service.stored_keys import StoredKeyCheck
 from service.workfront import WorkfrontClient
 
 
@@ -54,6 +55,7 @@ class Runtime:
     broker: Broker
     authenticator: ApiKeyAuthenticator
     schema_head: str | None
+    stored_keys: StoredKeyCheck
 
 
 @asynccontextmanager
@@ -85,6 +87,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                     admin_key=admin.get_secret_value() if admin else None,
                 ),
                 schema_head=alembic_head(),
+                stored_keys=StoredKeyCheck(cipher),
             )
     finally:
         await engine.dispose()

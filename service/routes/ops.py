@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.deps import RuntimeDep
+from service.stored_keys import missing_keys_problem
 
 router = APIRouter(tags=["operations"])
 log = logging.getLogger(__name__)
@@ -30,11 +31,20 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     try:
         async with runtime.engine.connect() as conn:
             revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            if revision != runtime.schema_head:
+                return JSONResponse(
+                    {"status": "unavailable", "reason": "schema behind"}, status_code=503
+                )
+            missing = await runtime.stored_keys.missing(conn)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("readiness: database check failed (%s)", type(exc).__name__)
         return JSONResponse({"status": "unavailable", "reason": "database"}, status_code=503)
-    if revision != runtime.schema_head:
-        return JSONResponse({"status": "unavailable", "reason": "schema behind"}, status_code=503)
+    if missing:
+        log.error("readiness: %s", missing_keys_problem(missing))
+        return JSONResponse(
+            {"status": "unavailable", "reason": "encryption key missing", "key_ids": missing},
+            status_code=503,
+        )
     return JSONResponse({"status": "ok", "schema": revision})
 
 
