@@ -365,3 +365,10 @@ async def broker(
 ) -> AsyncIterator[BrokerHarness]:
     async with running_broker(settings_for(), emulator) as harness:
         yield harness
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Point a person at the browser tests' screenshots, when a run made some."""
+    shots = REPO / "test-artifacts" / "screenshots"
+    if shots.is_dir() and any(shots.glob("*.png")):
+        terminalreporter.write_line(f"browser screenshots: {shots}")

@@ -98,9 +98,9 @@ def _attempt_failure(code: str, message: str, next_step: str = _START_AGAIN) -> 
     return CallbackFailure(400, code, "The sign-in could not be finished", message, next_step)
 
 
-def _link_failure(code: str, message: str) -> CallbackFailure:
+def _link_failure(code: str, message: str, next_step: str = ASK_FOR_NEW_LINK) -> CallbackFailure:
     return CallbackFailure(
-        400, code, "This connect link cannot be used", message, ASK_FOR_NEW_LINK, retryable=False
+        400, code, "This connect link cannot be used", message, next_step, retryable=False
     )
 
 
@@ -111,6 +111,8 @@ _LINK_UNKNOWN = (
 _LINK_USED = (
     "link_used",
     "This connect link was already used. Each link connects one account, once.",
+    "If you connected with it a moment ago, you are done: go back to the application. "
+    "Otherwise ask the application for a new connect link.",
 )
 _LINK_EXPIRED = (
     "link_expired",
@@ -155,11 +157,15 @@ async def _retry_for(request: Request, runtime: Runtime, failure: CallbackFailur
     return _Retry(None, None)
 
 
-async def _error_page(request: Request, runtime: Runtime, failure: CallbackFailure) -> HTMLResponse:
+async def _error_page(
+    request: Request, runtime: Runtime, failure: CallbackFailure, *, nothing_stored: bool = False
+) -> HTMLResponse:
     retry = await _retry_for(request, runtime, failure)
-    next_step = failure.next_step if retry.url is not None else ASK_FOR_NEW_LINK
-    if failure.code == "credentials_rejected":
-        next_step = failure.next_step  # no link can fix the broker's configuration
+    next_step = failure.next_step
+    # Advice to "press Try again" needs the button; without one the only way
+    # forward is a new link (no link can fix the broker's own credentials).
+    if retry.url is None and failure.retryable and failure.code != "credentials_rejected":
+        next_step = ASK_FOR_NEW_LINK
     response = render(
         request,
         runtime.settings,
@@ -171,7 +177,7 @@ async def _error_page(request: Request, runtime: Runtime, failure: CallbackFailu
         code=failure.code,
         retry_url=retry.url,
         app_url=retry.app_url,
-        nothing_stored=True,
+        nothing_stored=nothing_stored,
     )
     _forget_attempt(response)
     return response
@@ -347,7 +353,7 @@ async def oauth_callback(
         )
     except CallbackFailure as failure:
         log.info("callback refused: %s", failure.code)
-        return await _error_page(request, runtime, failure)
+        return await _error_page(request, runtime, failure, nothing_stored=True)
     response: Response
     if return_url is not None:
         target = httpx.URL(return_url).copy_merge_params(

@@ -68,7 +68,7 @@ def _refused(request: Request, runtime: Runtime, status: int, message: str) -> H
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "never"
+    return moment.strftime("%d %b %H:%M:%S") if moment else "never"
 
 
 @router.get(
@@ -150,7 +150,7 @@ async def status_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
         counts=counts,
         rows=rows,
         limit=SOONEST,
-        generated_at=_when(now),
+        generated_at=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
         instance=settings.instance_host,
     )
 
