@@ -11,9 +11,10 @@ from fastapi import FastAPI
 
 from service.access_log import AccessLogMiddleware
 from service.config import Settings
+from service.pages import static_files
 from service.problems import Problem, install_problem_handlers
 from service.refresher import Refresher
-from service.routes import clients, connect_sessions, connections, oauth, ops
+from service.routes import clients, connect_sessions, connections, oauth, ops, status
 from service.runtime import open_runtime
 from service.schemas import ClientCreate, ConnectSessionCreate
 from service.webhooks import WebhookDeliverer
@@ -73,8 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for module in (oauth, connections, connect_sessions, clients, ops):
+    for module in (oauth, connections, connect_sessions, clients, ops, status):
         app.include_router(module.router)
+    # The pages' stylesheet and icon, served by the broker itself so the pages
+    # load nothing from a third party; a mount stays out of the OpenAPI document.
+    app.mount("/static", static_files(), name="static")
 
     app.add_middleware(AccessLogMiddleware)
 

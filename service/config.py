@@ -76,6 +76,17 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     allowed_return_urls: str = ""
+    # How long a connect link made by POST /v1/connect-sessions can be opened.
+    # Short, because whoever holds the link can attach a Workfront account to
+    # the app's external_ref.
+    connect_link_ttl_seconds: int = Field(default=1800, ge=60, le=86_400)
+    # The plain /connect page (and a bare /oauth/authorize) lets anyone who can
+    # reach the broker connect an account with no external_ref. Operators who
+    # only onboard users through their apps' connect links turn it off.
+    connect_page_enabled: bool = True
+    # GET /status: connection counts and the soonest expiries for operators,
+    # behind an admin key. Off unless asked for.
+    status_page_enabled: bool = False
     # Not in the contract's table but needed by an operator: how long one
     # upstream call may take, and how long a refresh may wait for the row lock.
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)

@@ -365,3 +365,15 @@ async def broker(
 ) -> AsyncIterator[BrokerHarness]:
     async with running_broker(settings_for(), emulator) as harness:
         yield harness
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Point a person at the browser tests' screenshots, when a run made some."""
+    ran_browser_tests = any(
+        "test_browser_e2e" in getattr(report, "nodeid", "")
+        for reports in terminalreporter.stats.values()
+        for report in reports
+    )
+    shots = REPO / "test-artifacts" / "screenshots"
+    if ran_browser_tests and shots.is_dir():
+        terminalreporter.write_line(f"browser screenshots: {shots}")

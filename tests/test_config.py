@@ -95,6 +95,9 @@ def test_good_minimal_configuration_loads_with_contract_defaults(env: pytest.Mon
     assert settings.pkce is False
     assert settings.webhook_url is None
     assert settings.return_url_prefixes == []
+    assert settings.connect_link_ttl_seconds == 1800
+    assert settings.connect_page_enabled is True
+    assert settings.status_page_enabled is False
 
 
 def test_every_missing_required_variable_gets_exactly_one_line(env: pytest.MonkeyPatch) -> None:
@@ -138,6 +141,10 @@ BAD_VALUES = [
     ("BROKER_DATABASE_URL", f"mysql://broker:{DB_PASSWORD}@db/broker"),
     ("BROKER_WEBHOOK_URL", "not-a-url"),
     ("BROKER_ALLOWED_RETURN_URLS", "https://app.example.com/,javascript:alert(1)"),
+    ("BROKER_CONNECT_LINK_TTL_SECONDS", "10"),
+    ("BROKER_CONNECT_LINK_TTL_SECONDS", "a week"),
+    ("BROKER_CONNECT_PAGE_ENABLED", "sometimes"),
+    ("BROKER_STATUS_PAGE_ENABLED", "please"),
     ("BROKER_CLIENT_ID", ""),
 ]
 SECRETS = (CLIENT_SECRET, ADMIN_SHORT, DB_PASSWORD, WEBHOOK_SECRET, BAD_KEY_MATERIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -127,3 +128,39 @@ async def test_scope_is_connections_write(linked_broker: BrokerHarness) -> None:
         headers=headers,
     )
     assert response.status_code == 403
+
+
+async def test_link_lives_for_the_configured_minutes(
+    clean_db: None, emulator: Emulator, settings_for: Callable[..., Settings]
+) -> None:
+    settings = settings_for(allowed_return_urls=RETURN, connect_link_ttl_seconds=600)
+    async with running_broker(settings, emulator) as broker:
+        before = datetime.now(UTC)
+        link = await _make_link(broker)
+        expires_at = datetime.fromisoformat(link["expires_at"])
+        assert 590 <= (expires_at - before).total_seconds() <= 610
+        # 256 random bits in URL-safe base64, well over the 128 the link needs.
+        token = parse_qs(urlsplit(link["url"]).query)["session"][0]
+        assert len(token) >= 43
+
+
+async def test_one_connection_per_external_ref_and_workfront_user(
+    linked_broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    ids = []
+    for username in ("zoe", "zoe", "yann"):
+        link = await _make_link(linked_broker)
+        done = await linked_broker.client.get(
+            await _follow_link(linked_broker, link["url"], username)
+        )
+        assert done.status_code == 302, done.text
+        ids.append(parse_qs(urlsplit(done.headers["location"]).query)["connection_id"][0])
+    # The same person connecting again renews their connection; another person
+    # under the same reference gets their own.
+    assert ids[0] == ids[1] != ids[2]
+    reader = await linked_broker.api_key("connections:read")
+    listed = await linked_broker.client.get(
+        "/v1/connections", params={"external_ref": "user-42"}, headers=reader
+    )
+    assert sorted(c["id"] for c in listed.json()) == sorted({ids[0], ids[2]})
+    assert await db.fetchval("SELECT count(*) FROM connections WHERE status = 'active'") == 2

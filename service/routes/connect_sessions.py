@@ -21,8 +21,6 @@ from service.schemas import ConnectSessionCreate, ConnectSessionOut
 
 router = APIRouter(prefix="/v1/connect-sessions", tags=["connections"])
 
-CONNECT_SESSION_TTL = timedelta(hours=1)
-
 _ERRORS: ResponsesDoc = {
     401: problem_doc(401, "No API key, or an unknown one."),
     403: problem_doc(403, "The API key lacks the connections:write scope."),
@@ -70,7 +68,7 @@ async def create_connect_session(
         )
     token = secrets.token_urlsafe(32)
     session_id = uuid.uuid4()
-    expires_at = now_utc() + CONNECT_SESSION_TTL
+    expires_at = now_utc() + timedelta(seconds=settings.connect_link_ttl_seconds)
     async with runtime.sessions() as session, session.begin():
         # Expired links (and, by cascade, their attempts) are removed as new
         # ones are made; no separate job needed.
