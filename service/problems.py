@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,34 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+_HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the API serves at this path, for the Allow header of a 405.
+
+    Starlette names only the methods of the first route whose path matches,
+    but each method of a path is its own route here (GET and DELETE of
+    /v1/connections/{id}). The OpenAPI document lists them all; the index is
+    built from it once.
+    """
+    state = request.app.state
+    index: list[tuple[re.Pattern[str], set[str]]] | None = getattr(state, "method_index", None)
+    if index is None:
+        index = [
+            (compile_path(path)[0], {method.upper() for method in item if method in _HTTP_METHODS})
+            for path, item in request.app.openapi()["paths"].items()
+        ]
+        state.method_index = index
+    methods: set[str] = set()
+    for pattern, served in index:
+        if pattern.match(request.scope["path"]):
+            methods |= served
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods))
+
+
 ResponsesDoc = dict[int | str, dict[str, Any]]
 
 
@@ -149,11 +179,14 @@ def install_problem_handlers(app: FastAPI) -> None:
         app.add_exception_handler(error_class, _unexpected)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like
             # any other body that does not validate.
             return problem_response(422, "invalid-request", "the request body cannot be parsed")
         slug = _SLUGS.get(exc.status_code, "http-error")
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(exc.status_code, slug, detail, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return problem_response(exc.status_code, slug, detail, headers=headers)

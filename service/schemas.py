@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
 # control characters (they only ever come from a mistake or an attack).
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# The same, and at least one character that is not white space.
+NOT_BLANK_NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
 
 Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
 ConnectionStatus = Literal["active", "needs_reauth"]
@@ -50,7 +52,13 @@ class ConnectionOut(BaseModel):
 class ClientCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=100, examples=["reporting-service"])
+    # The pattern says in the schema what the validator below enforces.
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=NOT_BLANK_NO_CONTROL_CHARS,
+        examples=["reporting-service"],
+    )
     scopes: list[Scope] = Field(min_length=1, max_length=4, examples=[["tokens:read"]])
 
     @field_validator("name")
