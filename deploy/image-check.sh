@@ -29,6 +29,8 @@ BOOTSTRAP_TIMEOUT=1200
 BUILD_TIMEOUT=1200
 READY_TIMEOUT=60
 
+# For messages: the admin URL without its password, if it has one.
+ADMIN_URL_SHOWN=$(sed -E 's#://([^:@/]+):[^@/]*@#://\1:***@#' <<<"$ADMIN_URL")
 started=$SECONDS
 say() { echo "image-check: $*"; }
 die() {
@@ -165,7 +167,7 @@ podman rm "$container" >/dev/null
 container=""
 
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database" >/dev/null ||
-    die "cannot create a database through $ADMIN_URL"
+    die "cannot create a database through $ADMIN_URL_SHOWN"
 database_created=1
 database_url="${ADMIN_URL%/*}/$database"
 
@@ -227,8 +229,21 @@ run_as=$(awk '/^Uid:/ {print $2}' "/proc/$server_pid/status")
 uid=${user%%:*}
 name=$(awk -F: -v uid="$uid" '$3 == uid {print $1}' "$run_dir/etc/passwd")
 
+# Stop it as an orchestrator does: SIGTERM, then a bounded wait.
+kill -TERM "$server_pid"
+stop_status=0
+for _ in $(seq 150); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.2
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+    die "the broker did not exit within 30s of SIGTERM"
+fi
+wait "$server_pid" || stop_status=$?
+server_pid=""
+
 say "image $IMAGE_TAG: $(awk -v b="$size_bytes" 'BEGIN {printf "%.1f MB", b / 1e6}') ($size_bytes bytes)"
 say "ran as user ${name:-?} ($user; process uid ${run_as:-?})"
 say "GET /readyz -> 200 $ready_body"
-say "HEALTHCHECK command passed"
+say "HEALTHCHECK command passed; SIGTERM stopped the broker (exit status $stop_status)"
 say "OK in $((SECONDS - started))s"
