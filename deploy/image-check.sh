@@ -54,9 +54,14 @@ if ((${#missing[@]})); then
         esac
     done
     say "installing ${packages[*]}"
-    apt-get update -qq >/dev/null || die "apt-get update failed"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null ||
-        die "apt-get install ${packages[*]} failed"
+    apt_log=$(mktemp /tmp/image-check-apt.XXXXXX)
+    if ! { apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 \
+            apt-get install -y -qq "${packages[@]}"; } >"$apt_log" 2>&1; then
+        tail -n 20 "$apt_log" >&2
+        die "apt-get install ${packages[*]} failed (log: $apt_log)"
+    fi
+    rm -f "$apt_log"
 fi
 
 # -- base image: a minimal Debian root with python3 ----------------------------
