@@ -106,9 +106,9 @@ fi
 # -- build ---------------------------------------------------------------------
 # Docker format keeps the HEALTHCHECK (the OCI image format has no such field).
 # pip inside the build reaches PyPI through the host's network (chroot
-# isolation), so it must trust what the host trusts: this machine's egress
-# re-signs TLS with a CA that only the system bundle holds, which is mounted
-# into the build and named by the Dockerfile's PIP_CERT argument.
+# isolation), so it must trust what the host trusts: where outbound TLS is
+# re-signed by a local CA (as on these machines), only the system bundle holds
+# it, so that bundle is mounted into the build and named by PIP_CERT.
 build_args=(--build-arg "BASE_IMAGE=$BASE_TAG")
 host_ca=${IMAGE_CHECK_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 if [[ -s $host_ca ]]; then
@@ -170,6 +170,13 @@ container=$(podman create --no-healthcheck "$IMAGE_TAG")
 podman export "$container" | tar -C "$run_dir" -xf - || die "exporting the image failed"
 podman rm "$container" >/dev/null
 container=""
+
+# What the final stage must not carry: compilers, pip and its cache, the build
+# stage's trees, the checkout's secrets and tests.
+for leftover in usr/bin/gcc usr/bin/cc root/.cache/pip opt/venv/bin/pip wheels src \
+    build-venv app/.env app/tests app/.git; do
+    [[ ! -e $run_dir/$leftover ]] || die "the image holds /$leftover"
+done
 
 psql "$ADMIN_URL" -qX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database" >/dev/null ||
     die "cannot create a database through $ADMIN_URL_SHOWN"
@@ -248,6 +255,7 @@ wait "$server_pid" || stop_status=$?
 server_pid=""
 
 say "image $IMAGE_TAG: $(awk -v b="$size_bytes" 'BEGIN {printf "%.1f MB", b / 1e6}') ($size_bytes bytes)"
+say "no compiler, pip, pip cache or build tree in the image"
 say "ran as user ${name:-?} ($user; process uid ${run_as:-?})"
 say "GET /readyz -> 200 $ready_body"
 say "HEALTHCHECK command passed; SIGTERM stopped the broker (exit status $stop_status)"
