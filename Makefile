@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install dev test lint typecheck pytest format openapi bench clean
+.PHONY: install dev test lint typecheck pytest format openapi bench clean image-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ openapi: install
 bench: install
 	$(BIN)/python bench/token_read.py
 	$(BIN)/python bench/refresh_shared.py
+
+# Builds the Dockerfile with podman and starts the broker inside the image against
+# the local PostgreSQL (root only; installs podman and debootstrap when missing).
+image-check:
+	bash deploy/image-check.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
