@@ -65,13 +65,13 @@ class AccessLogMiddleware:
         context: dict[str, Any] = {"scope": scope, "request_id": request_id}
         token = REQUEST_CONTEXT.set(context)
         status = 500  # what uvicorn answers if the app fails before it starts answering
-        started = False
+        answered = False
         header = (REQUEST_ID_HEADER, request_id.encode("ascii"))
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status, answered = message["status"], True
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
@@ -81,7 +81,7 @@ class AccessLogMiddleware:
             # uvicorn cancels requests still running when the graceful shutdown
             # time is up, and would answer them 500. Tell the caller what it is:
             # this replica is going away, try again (another one).
-            if not started:
+            if not answered:
                 shutting_down = problem_response(
                     503,
                     "shutting-down",

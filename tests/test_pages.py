@@ -83,7 +83,7 @@ async def _link(broker: BrokerHarness) -> str:
     )
     assert made.status_code == 201, made.text
     url: str = made.json()["url"]
-    return parse_qs(urlsplit(url).query)["session"][0]
+    return urlsplit(url).path.removeprefix("/connect/")
 
 
 def _with(path_query: str, **changes: str | None) -> str:
@@ -129,12 +129,15 @@ async def test_every_page_carries_the_headers_and_no_script(
         response = await client.get(path, **kwargs)  # type: ignore[arg-type]
         assert_safe_page(response, status)
         assert says in response.text
-        seen.append(path.split("?")[0])
+        route = path.split("?")[0]
+        seen.append("/connect/{token}" if route.startswith("/connect/") else route)
         return response
 
     await check("/connect", 200, "Connect Workfront")
     token = await _link(site)
-    await check(f"/connect?session={token}", 200, "works once")
+    await check(f"/connect/{token}", 200, "works once")
+    await check(f"/connect?session={token}", 200, "works once")  # the older form
+    await check("/connect/nope", 400, "unknown")
     await check("/connect?session=nope", 400, "unknown")
     await check("/oauth/authorize", 302)
     await check(f"/oauth/authorize?session={token}", 302)
@@ -197,7 +200,13 @@ async def test_every_page_carries_the_headers_and_no_script(
     reader = await site.api_key("connections:read")
     await check("/status", 403, "lacks the admin scope", headers=reader)
     await check("/status", 200, "Broker status", headers=site.admin)
-    assert set(seen) == {"/connect", "/oauth/authorize", "/oauth/callback", "/status"}
+    assert set(seen) == {
+        "/connect",
+        "/connect/{token}",
+        "/oauth/authorize",
+        "/oauth/callback",
+        "/status",
+    }
 
 
 async def test_retry_goes_back_to_the_live_connect_link(site: BrokerHarness) -> None:
@@ -208,7 +217,7 @@ async def test_retry_goes_back_to_the_live_connect_link(site: BrokerHarness) -> 
     )
     denied = await site.client.get(callback)
     assert denied.status_code == 400
-    assert _retry_href(denied) == f"{BROKER_BASE}/connect?session={token}"
+    assert _retry_href(denied) == f"{BROKER_BASE}/connect/{token}"
     assert f'id="back" href="{RETURN}/done"' in denied.text
     # The link still works: denying did not spend it.
     again = await site.client.get(f"/connect?session={token}")
@@ -267,7 +276,7 @@ async def test_connect_page_can_be_turned_off(
             start.headers["location"], username="off-user", decision="deny"
         )
         denied = await broker.client.get(callback)
-        assert _retry_href(denied) == f"{BROKER_BASE}/connect?session={token}"
+        assert _retry_href(denied) == f"{BROKER_BASE}/connect/{token}"
         # An operator flow's error has nowhere to send the person back to.
         stray = await broker.client.get("/oauth/callback?state=" + "s" * 43)
         assert_safe_page(stray, 400)

@@ -93,6 +93,6 @@ async def create_connect_session(
         )
     return ConnectSessionOut(
         id=session_id,
-        url=f"{settings.public_base_url}/connect?session={token}",
+        url=f"{settings.public_base_url}/connect/{token}",
         expires_at=expires_at,
     )

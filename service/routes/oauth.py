@@ -7,8 +7,8 @@ that says what happened and what to do next, offers a way to start again and
 stores nothing. The code and the client secret only ever go to the configured
 instance, never to a host derived from the callback's ``domain``/``lane``.
 
-A connect link (``/connect?session=<token>``) starts the same flow; its token
-also travels in a second cookie for the length of the attempt, so that an
+A connect link (``/connect/<token>``, or ``/connect?session=<token>``) starts
+the same flow; its token also travels in a second cookie for the length of the attempt, so that an
 error page can offer the same link again while it is still usable.
 """
 
@@ -130,7 +130,11 @@ async def _retry_for(request: Request, runtime: Runtime, failure: CallbackFailur
     """The right place to start again: the same connect link while it still
     works, else the operator page when it is on, else nowhere (ask the app)."""
     link: ConnectSession | None = None
-    token = request.cookies.get(LINK_COOKIE) or request.query_params.get("session")
+    token = (
+        request.cookies.get(LINK_COOKIE)
+        or request.path_params.get("token")
+        or request.query_params.get("session")
+    )
     if token is not None and len(token) > _MAX_PARAM:
         token = None
     async with runtime.sessions() as db:
@@ -149,7 +153,7 @@ async def _retry_for(request: Request, runtime: Runtime, failure: CallbackFailur
     if link is not None:
         live = link.used_at is None and link.expires_at > now_utc()
         if live and token is not None and failure.retryable:
-            url = request.url_for("connect_page").include_query_params(session=token)
+            url = request.url_for("connect_link_page", token=token)
             return _Retry(str(url), link.return_url)
         return _Retry(None, link.return_url)
     if runtime.settings.connect_page_enabled and failure.retryable:
@@ -236,6 +240,18 @@ async def connect_page(
         for_app=link is not None,
         expires_at=expires_at,
     )
+
+
+@router.get(
+    "/connect/{token}",
+    summary="A connect link: the page one person opens (from POST /v1/connect-sessions)",
+    response_class=HTMLResponse,
+    responses={400: {"description": "HTML page: the connect link is unknown, used or expired"}},
+)
+async def connect_link_page(request: Request, runtime: RuntimeDep, token: str) -> HTMLResponse:
+    # The same page as /connect?session=<token>, the form links had before;
+    # both keep working. Logs name this route by its template only.
+    return await connect_page(request, runtime, link=token)
 
 
 async def _live_connect_session(token: str, runtime: Runtime) -> ConnectSession:

@@ -37,7 +37,10 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
                 )
             missing = await runtime.stored_keys.missing(conn)
     except (SQLAlchemyError, OSError) as exc:
-        log.warning("readiness: database check failed (%s)", type(exc).__name__)
+        # The SQLSTATE tells "too many connections" from "server gone" without
+        # printing the driver's message (which can quote statement values).
+        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+        log.warning("readiness: database check failed (%s %s)", type(exc).__name__, sqlstate)
         return JSONResponse({"status": "unavailable", "reason": "database"}, status_code=503)
     if missing:
         log.error("readiness: %s", missing_keys_problem(missing))
