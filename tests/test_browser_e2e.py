@@ -11,15 +11,11 @@ test-artifacts/screenshots/ (not committed) for a person to look at.
 
 from __future__ import annotations
 
-import asyncio
 import html
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,6 +37,7 @@ from tests.conftest import (
     env_without_broker,
     free_port,
 )
+from tests.processes import start, stop, wait_ready
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Without these, Chromium on a closed network spends its time (and fails)
@@ -125,40 +122,6 @@ class Stack:
         return url
 
 
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "service", *args],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-async def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient() as probe:
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if (await probe.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"{url} did not answer: {log.read_text()}"
-            await asyncio.sleep(0.1)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 async def stack(
     database_url: str, encryption_keys: str, app_url: str, tmp_path_factory: pytest.TempPathFactory
@@ -170,7 +133,7 @@ async def stack(
     redirect_uri = f"{broker}/oauth/callback"
     env = env_without_broker()
     emulator_log = log_dir / "emulator.log"
-    emulator_process = _start(
+    emulator_process = start(
         [
             "emulator",
             "--port",
@@ -204,15 +167,15 @@ async def stack(
         BROKER_REFRESHER_ENABLED="false",
     )
     broker_log = log_dir / "serve.log"
-    broker_process = _start(["serve", "--port", str(broker_port)], broker_env, broker_log)
+    broker_process = start(["serve", "--port", str(broker_port)], broker_env, broker_log)
     try:
-        await _wait_ready(f"{emulator}/__emulator/settings", emulator_process, emulator_log)
-        await _wait_ready(f"{broker}/readyz", broker_process, broker_log)
+        await wait_ready(f"{emulator}/__emulator/settings", emulator_process, emulator_log)
+        await wait_ready(f"{broker}/readyz", broker_process, broker_log)
         async with httpx.AsyncClient(timeout=30) as api:
             yield Stack(broker=broker, emulator=emulator, app=app_url, api=api, log_dir=log_dir)
     finally:
-        _stop(broker_process)
-        _stop(emulator_process)
+        stop(broker_process)
+        stop(emulator_process)
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import pytest
 
 from service.crypto import TokenCipher, row_aad
 from tests.conftest import BrokerHarness, free_port
-from tests.test_concurrency import serve_env
+from tests.processes import serve_env
 from tests.test_refresher import seed_connections
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))

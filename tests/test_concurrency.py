@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,13 +13,8 @@ import httpx
 import pytest
 
 from service.config import Settings
-from tests.conftest import (
-    ADMIN_KEY,
-    BrokerHarness,
-    Emulator,
-    free_port,
-    running_broker,
-)
+from tests.conftest import BrokerHarness, Emulator, running_broker
+from tests.processes import serve_processes
 
 
 async def _expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
@@ -227,72 +217,6 @@ async def test_expires_in_zero_assumes_configured_lifetime(
 
 
 # Across processes ----------------------------------------------------------------
-
-
-def serve_env(database_url: str, settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `serve` process configured like ``settings``."""
-    return {
-        **os.environ,
-        "BROKER_DATABASE_URL": database_url,
-        "BROKER_WORKFRONT_URL": settings.workfront_url,
-        "BROKER_WORKFRONT_DOMAIN": "acme",
-        "BROKER_WORKFRONT_LANE": "my",
-        "BROKER_CLIENT_ID": settings.client_id,
-        "BROKER_CLIENT_SECRET": settings.client_secret.get_secret_value(),
-        "BROKER_REDIRECT_URI": settings.redirect_uri,
-        "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
-        "BROKER_ADMIN_API_KEY": ADMIN_KEY,
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def serve_processes(
-    count: int,
-    *,
-    database_url: str,
-    settings: Settings,
-    log_dir: Path,
-    extra_env: dict[str, str] | None = None,
-) -> AsyncIterator[list[str]]:
-    """Start real `python -m service serve` processes on one database."""
-    env = serve_env(database_url, settings, **(extra_env or {}))
-    ports = [free_port() for _ in range(count)]
-    processes = []
-    for index, port in enumerate(ports):
-        log = (log_dir / f"serve-{index}.log").open("w")
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "service", "serve", "--port", str(port)],
-                cwd=log_dir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    try:
-        async with httpx.AsyncClient() as probe:
-            for url, process in zip(urls, processes, strict=True):
-                deadline = time.monotonic() + 30
-                while True:
-                    assert process.poll() is None, (log_dir / "serve-0.log").read_text()
-                    try:
-                        if (await probe.get(f"{url}/readyz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline, "serve did not become ready"
-                    await asyncio.sleep(0.1)
-        yield urls
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
 
 
 async def test_two_processes_share_one_refresh(

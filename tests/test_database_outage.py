@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from service.__main__ import migrate
 from service.config import normalize_database_url
 from tests.conftest import BrokerHarness, make_settings
-from tests.test_concurrency import serve_processes
+from tests.processes import serve_processes
 from tests.test_refresher import seed_connections
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ADMIN_KEY, REPO, BrokerHarness
-from tests.test_shutdown import one_serve
+from tests.processes import one_serve
 
 CONFIG = REPO / "tests" / "fuzz" / "schemathesis.toml"
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
@@ -63,7 +63,7 @@ async def test_schemathesis_finds_nothing(
 ) -> None:
     connection_id = str(await broker.connect("alice"))
     async with one_serve(
-        broker,
+        broker.settings,
         database_url,
         tmp_path / "serve.log",
         BROKER_ALLOWED_RETURN_URLS="https://app.example.com/",

@@ -17,7 +17,7 @@ import httpx
 
 from service.crypto import generate_key
 from tests.conftest import BrokerHarness, free_port, make_settings, run_cli, running_broker
-from tests.test_concurrency import serve_env, serve_processes
+from tests.processes import serve_env, serve_processes
 from tests.test_refresher import seed_connections
 
 CONNECTIONS = 1500

@@ -16,7 +16,7 @@ import httpx
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
 from tests.conftest import BrokerHarness, Emulator, running_broker
-from tests.test_concurrency import serve_processes
+from tests.processes import serve_processes
 
 
 async def _wait_until(predicate: Callable[[], Any], *, within: float, what: str) -> None:

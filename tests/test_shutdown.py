@@ -10,51 +10,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import BrokerHarness, asyncpg_dsn, free_port
-from tests.test_concurrency import serve_env
-
-
-@asynccontextmanager
-async def one_serve(
-    broker: BrokerHarness, database_url: str, log_path: Path, **extra: str
-) -> AsyncIterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            env=serve_env(database_url, broker.settings, **extra),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        async with httpx.AsyncClient() as probe:
-            deadline = time.monotonic() + 30
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if (await probe.get(f"{url}/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "serve did not become ready"
-                await asyncio.sleep(0.1)
-        yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+from tests.conftest import BrokerHarness, asyncpg_dsn
+from tests.processes import one_serve
 
 
 async def _exit_code(process: subprocess.Popen[bytes], within: float) -> int:
@@ -78,7 +43,7 @@ async def test_sigterm_lets_a_refresh_at_workfront_commit_and_refuses_new_reques
     headers = await broker.api_key("tokens:read")
     before = await _stored_refresh_token(db, connection_id)
     async with one_serve(
-        broker,
+        broker.settings,
         database_url,
         tmp_path / "serve.log",
         BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS="0",
@@ -121,7 +86,7 @@ async def test_sigterm_gives_up_a_refresh_stuck_on_the_row_lock_in_bounded_time(
     headers = await broker.api_key("tokens:read")
     before = await _stored_refresh_token(db, connection_id)
     async with one_serve(
-        broker,
+        broker.settings,
         database_url,
         tmp_path / "serve.log",
         BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS="0",
