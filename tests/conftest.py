@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import asyncpg
 import httpx
@@ -331,6 +331,18 @@ async def login_at_emulator(authorize_url: str, *, username: str, decision: str 
     target = urlsplit(answer.headers["location"])
     assert f"{target.scheme}://{target.netloc}" == BROKER_BASE
     return f"{target.path}?{target.query}"
+
+
+def with_query(path_query: str, **changes: str | None) -> str:
+    """``path_query`` with query parameters replaced (a value) or removed (None)."""
+    path, _, query = path_query.partition("?")
+    params = {k: v[0] for k, v in parse_qs(query).items()}
+    for key, value in changes.items():
+        if value is None:
+            params.pop(key, None)
+        else:
+            params[key] = value
+    return f"{path}?{urlencode(params)}"
 
 
 def extract_connection_id(html: str) -> uuid.UUID:

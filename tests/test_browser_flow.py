@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
@@ -20,6 +20,7 @@ from tests.conftest import (
     extract_connection_id,
     login_at_emulator,
     running_broker,
+    with_query,
 )
 
 
@@ -27,17 +28,6 @@ async def _counts(db: asyncpg.Connection) -> tuple[int, int]:
     connections = await db.fetchval("SELECT count(*) FROM connections")
     events = await db.fetchval("SELECT count(*) FROM events WHERE connection_id IS NOT NULL")
     return connections, events
-
-
-def _with(path_query: str, **changes: str | None) -> str:
-    path, _, query = path_query.partition("?")
-    params = {k: v[0] for k, v in parse_qs(query).items()}
-    for key, value in changes.items():
-        if value is None:
-            params.pop(key, None)
-        else:
-            params[key] = value
-    return f"{path}?{urlencode(params)}"
 
 
 async def _assert_refused(
@@ -139,12 +129,14 @@ async def test_pkce_sends_challenge_and_verifier(
 
 async def test_missing_state_is_refused(broker: BrokerHarness, db: asyncpg.Connection) -> None:
     callback = await broker.authorize("frank")
-    await _assert_refused(broker, db, _with(callback, state=None), says="no state")
+    await _assert_refused(broker, db, with_query(callback, state=None), says="no state")
 
 
 async def test_unknown_state_is_refused(broker: BrokerHarness, db: asyncpg.Connection) -> None:
     callback = await broker.authorize("frank")
-    await _assert_refused(broker, db, _with(callback, state="forged-" + "a" * 40), says="unknown")
+    await _assert_refused(
+        broker, db, with_query(callback, state="forged-" + "a" * 40), says="unknown"
+    )
 
 
 async def test_expired_state_is_refused(broker: BrokerHarness, db: asyncpg.Connection) -> None:
@@ -178,7 +170,10 @@ async def test_wrong_domain_or_lane_is_refused(
 ) -> None:
     callback = await broker.authorize("frank")
     await _assert_refused(
-        broker, db, _with(callback, domain=domain, lane=lane), says="different Workfront instance"
+        broker,
+        db,
+        with_query(callback, domain=domain, lane=lane),
+        says="different Workfront instance",
     )
     assert await broker.emulator.requests() == []  # the code went nowhere
 
@@ -196,7 +191,7 @@ async def test_reused_code_is_refused(broker: BrokerHarness, db: asyncpg.Connect
     second = await broker.authorize("frank")
     code = parse_qs(urlsplit(callback).query)["code"][0]
     await _assert_refused(
-        broker, db, _with(second, code=code), says="refused the authorization code"
+        broker, db, with_query(second, code=code), says="refused the authorization code"
     )
 
 

@@ -7,7 +7,7 @@ import base64
 import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -21,6 +21,7 @@ from tests.conftest import (
     Emulator,
     login_at_emulator,
     running_broker,
+    with_query,
 )
 
 RETURN = "https://app.example.com/workfront"
@@ -86,17 +87,6 @@ async def _link(broker: BrokerHarness) -> str:
     return urlsplit(url).path.removeprefix("/connect/")
 
 
-def _with(path_query: str, **changes: str | None) -> str:
-    path, _, query = path_query.partition("?")
-    params = {k: v[0] for k, v in parse_qs(query).items()}
-    for key, value in changes.items():
-        if value is None:
-            params.pop(key, None)
-        else:
-            params[key] = value
-    return f"{path}?{urlencode(params)}"
-
-
 def _retry_href(response: httpx.Response) -> str | None:
     match = re.search(r'<a class="button[^"]*" id="retry" href="([^"]+)"', response.text)
     return match.group(1).replace("&amp;", "&") if match else None
@@ -146,18 +136,18 @@ async def test_every_page_carries_the_headers_and_no_script(
     # The callback, refused in every way a person can meet.
     # (Each refusal drops the attempt cookie, so each case starts a new attempt.)
     callback = await site.authorize("page-user")
-    await check(_with(callback, state=None), 400, "no state")
-    await check(_with(callback, state="x" * 43), 400, "unknown")
+    await check(with_query(callback, state=None), 400, "no state")
+    await check(with_query(callback, state="x" * 43), 400, "unknown")
     await check("/oauth/callback?state=" + "y" * 3000, 400, "malformed")
     callback = await site.authorize("page-user")
-    await check(_with(callback, domain="evil"), 400, "different Workfront instance")
+    await check(with_query(callback, domain="evil"), 400, "different Workfront instance")
     callback = await site.authorize("page-user")
-    await check(_with(callback, code=None), 400, "without an authorization code")
+    await check(with_query(callback, code=None), 400, "without an authorization code")
     callback = await site.authorize("page-user", decision="deny")
     await check(callback, 400, "declined")
     await check(callback, 400, "already used")
     callback = await site.authorize("page-user")
-    await check(_with(callback, code=None, error="server_error"), 400, "reported an error")
+    await check(with_query(callback, code=None, error="server_error"), 400, "reported an error")
     callback = await site.authorize("page-user")
     await db.execute(
         "UPDATE authorizations SET expires_at = $1 WHERE used_at IS NULL",
