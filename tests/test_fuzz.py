@@ -26,7 +26,9 @@ EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("FUZZ_SEED", "20261127")
 
 
-def _schemathesis(url: str, connection_id: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(
+    url: str, connection_id: str, workdir: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"),
@@ -50,6 +52,7 @@ def _schemathesis(url: str, connection_id: str, *extra: str) -> subprocess.Compl
             *extra,
         ],
         env={**os.environ, "FUZZ_CONNECTION_ID": connection_id},
+        cwd=workdir,  # where it keeps its cache (.schemathesis/): not the checkout
         capture_output=True,
         text=True,
         timeout=600,
@@ -71,7 +74,7 @@ async def test_schemathesis_finds_nothing(
         BROKER_LOG_FORMAT="text",
     ) as (_, url):
         headers = ["--header", f"Authorization: Bearer {ADMIN_KEY}"] if with_key else []
-        result = await asyncio.to_thread(_schemathesis, url, connection_id, *headers)
+        result = await asyncio.to_thread(_schemathesis, url, connection_id, tmp_path, *headers)
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
     # The run really exercised the API: every operation, and every case passed.
