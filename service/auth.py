@@ -1,9 +1,12 @@
 """API keys and scopes for the internal API.
 
 Keys are ``wtb_`` + 43 URL-safe characters (256 random bits); only their
-SHA-256 is stored. A lookup result is cached for at most one second per
-process so a hot token endpoint does not pay a query per call, while a
-revoked key still stops working within one second on every replica.
+SHA-256 is stored. A lookup result is cached for less than one second per
+process (``BROKER_HOT_CACHE_SECONDS``) so a hot token endpoint does not pay a
+query per call, while a revoked key still stops working within one second on
+every replica. Unknown keys are cached too, so a caller retrying a bad key
+does not reach the database each time; the cache is an LRU bounded by
+``BROKER_HOT_CACHE_MAX_ENTRIES``, so neither can grow memory without bound.
 """
 
 from __future__ import annotations
@@ -11,11 +14,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,8 +28,6 @@ from service.models import ApiClient
 KEY_PREFIX = "wtb_"
 SCOPES = ("tokens:read", "connections:read", "connections:write", "admin")
 ADMIN = "admin"
-CACHE_SECONDS = 1.0
-_CACHE_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,23 +56,36 @@ def key_hint(key: str) -> str:
 
 
 class ApiKeyAuthenticator:
-    def __init__(self, *, reader: AsyncEngine, admin_key: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        reader: AsyncEngine,
+        admin_key: str | None,
+        cache_seconds: float,
+        cache_entries: int,
+    ) -> None:
         self._reader = reader
         self._admin_hash = hash_key(admin_key) if admin_key else None
-        self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._admin = Principal(client_id=None, name="bootstrap-admin", scopes=frozenset({ADMIN}))
+        # TTLCache times entries with time.monotonic: a wall-clock jump cannot
+        # keep a revoked key alive.
+        self._cache: TTLCache[bytes, Principal | None] | None = (
+            TTLCache(maxsize=cache_entries, ttl=cache_seconds) if cache_seconds > 0 else None
+        )
 
     async def authenticate(self, key: str) -> Principal | None:
         digest = hash_key(key)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
-            return Principal(client_id=None, name="bootstrap-admin", scopes=frozenset({ADMIN}))
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+            return self._admin
+        cache = self._cache
+        if cache is None:
+            return await self._lookup(digest)
+        try:
+            return cache[digest]
+        except KeyError:
+            pass
         principal = await self._lookup(digest)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[digest] = (now + CACHE_SECONDS, principal)
+        cache[digest] = principal
         return principal
 
     async def _lookup(self, digest: bytes) -> Principal | None:
@@ -90,7 +104,8 @@ class ApiKeyAuthenticator:
 
     def forget(self) -> None:
         """Drop the cache (this process revoked a key; others converge within a second)."""
-        self._cache.clear()
+        if self._cache is not None:
+            self._cache.clear()
 
 
 def now_utc() -> datetime:

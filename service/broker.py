@@ -12,6 +12,12 @@ Rules this module keeps:
 * The new refresh token is committed before any caller sees the new session.
 * A refresh answered with a revoked grant marks the connection
   ``needs_reauth``; that refresh token is never presented again.
+* Token reads are answered from memory for less than a second after the row
+  was read (``BROKER_HOT_CACHE_SECONDS``), so a busy connection costs no query
+  per read. Every replica therefore sees a deletion or ``needs_reauth`` within
+  a second; this process's own refreshes and deletions update the cache at
+  once. A cached session is only served when it has the caller's ``min_ttl``
+  left, so the cache never decides whether to refresh.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -104,6 +112,15 @@ class IssuedToken:
     session_id: str = field(repr=False)
     expires_at: datetime
     user_id: str
+    # The row's token_version it came from: an older read never replaces a
+    # newer session in the cache.
+    token_version: int
+    # expires_at as a POSIX timestamp: the cache's min_ttl check without
+    # datetime arithmetic.
+    expires_ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_ts", self.expires_at.timestamp())
 
 
 async def record_event(
@@ -138,6 +155,13 @@ class Broker:
         self._cipher = cipher
         self._workfront = workfront
         self._flights: dict[uuid.UUID, _Flight] = {}
+        # Decrypted sessions of recently read connections (see the module doc);
+        # timed by time.monotonic inside TTLCache, bounded as an LRU.
+        self._cache: TTLCache[uuid.UUID, IssuedToken] | None = (
+            TTLCache(maxsize=settings.hot_cache_max_entries, ttl=settings.hot_cache_seconds)
+            if settings.hot_cache_seconds > 0
+            else None
+        )
         self._refresh_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     # Encryption helpers ----------------------------------------------------------
@@ -155,7 +179,24 @@ class Broker:
             session_id=self._open(row, ACCESS),
             expires_at=row.expires_at,
             user_id=row.user_id,
+            token_version=row.token_version,
         )
+
+    # The hot-path cache -------------------------------------------------------------
+
+    def _remember(self, issued: IssuedToken) -> None:
+        cache = self._cache
+        if cache is None:
+            return
+        current = cache.get(issued.connection_id)
+        # A read that started before this process's refresh may finish after it:
+        # keep the newer session.
+        if current is None or current.token_version <= issued.token_version:
+            cache[issued.connection_id] = issued
+
+    def _forget(self, connection_id: uuid.UUID) -> None:
+        if self._cache is not None:
+            self._cache.pop(connection_id, None)
 
     def _next_refresh_at(self, expires_at: datetime) -> datetime:
         """When the refresher should renew: ahead of expiry, jittered earlier."""
@@ -176,25 +217,41 @@ class Broker:
 
     # Reading -----------------------------------------------------------------------
 
-    async def get_token(self, connection_id: uuid.UUID, *, min_ttl: int) -> IssuedToken:
-        """A session with at least ``min_ttl`` seconds left, refreshing first when needed."""
-        # The hot path: one indexed read of just these columns, in autocommit
+    async def get_token(
+        self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True
+    ) -> IssuedToken:
+        """A session with at least ``min_ttl`` seconds left, refreshing first when needed.
+
+        ``cached=False`` reads the row even when memory holds a session: for a
+        caller who must see what another replica may have just stored.
+        """
+        cache = self._cache
+        if cached and cache is not None:
+            hit = cache.get(connection_id)
+            if hit is not None and hit.expires_ts - time.time() >= min_ttl:
+                return hit
+        # Not cached: one indexed read of just these columns, in autocommit
         # (no BEGIN/ROLLBACK round trips), no ORM object.
         found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
         if found is None:
+            self._forget(connection_id)
             raise ConnectionNotFound
         status, sealed, expires_at, user_id, seen_version = found
         if status != STATUS_ACTIVE:
+            self._forget(connection_id)
             raise NeedsReauth
         if expires_at - _now() >= timedelta(seconds=min_ttl):
-            return IssuedToken(
+            issued = IssuedToken(
                 connection_id=connection_id,
                 session_id=self._cipher.decrypt(
                     sealed, aad=row_aad("connections", connection_id, ACCESS)
                 ),
                 expires_at=expires_at,
                 user_id=user_id,
+                token_version=seen_version,
             )
+            self._remember(issued)
+            return issued
         return await self._join_flight(
             connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
         )
@@ -224,8 +281,10 @@ class Broker:
         debounce = timedelta(seconds=self._settings.force_refresh_debounce_seconds)
         # Both times from the database's clock: replicas' clocks may disagree.
         if last_refreshed_at is not None and db_now - last_refreshed_at < debounce:
-            # Refreshed a moment ago (by a caller who saw the same rejection).
-            return await self.get_token(connection_id, min_ttl=0)
+            # Refreshed a moment ago (by a caller who saw the same rejection),
+            # maybe by another replica: read the row, memory may hold the
+            # session this caller saw rejected.
+            return await self.get_token(connection_id, min_ttl=0, cached=False)
         return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
 
     # Refreshing --------------------------------------------------------------------
@@ -265,9 +324,16 @@ class Broker:
         # upstream call; at most half the pool does, so token reads of live
         # sessions keep working while Workfront is slow.
         async with self._refresh_slots:
-            return await self._refresh_under_lock(
-                connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
-            )
+            try:
+                issued = await self._refresh_under_lock(
+                    connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                )
+            except (ConnectionNotFound, NeedsReauth):
+                self._forget(connection_id)
+                raise
+        # Here, not in the callers: this task runs on when every caller left.
+        self._remember(issued)
+        return issued
 
     async def _refresh_under_lock(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
@@ -470,6 +536,8 @@ class Broker:
                     row.customer_id = user.customer_id
                     if external_ref is not None:
                         row.external_ref = external_ref
+                    # The old session may be cached; the re-authorization replaced it.
+                    self._forget(row.id)
                     await record_event(
                         session,
                         "connection.reauthorized",
@@ -537,6 +605,7 @@ class Broker:
                 access_token = None
             await session.execute(delete(Connection).where(Connection.id == connection_id))
             await self._row_event(session, webhooks.CONNECTION_DELETED, row, client_id=client_id)
+        self._forget(connection_id)  # committed: this process stops serving it at once
         if access_token is not None:
             await self._workfront.logout(access_token)
 

@@ -83,6 +83,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 authenticator=ApiKeyAuthenticator(
                     reader=autocommit(engine),
                     admin_key=admin.get_secret_value() if admin else None,
+                    cache_seconds=settings.hot_cache_seconds,
+                    cache_entries=settings.hot_cache_max_entries,
                 ),
                 schema_head=alembic_head(),
             )
