@@ -10,7 +10,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from service.access_log import AccessLogMiddleware
+from service.background import run_rounds
 from service.config import Settings
+from service.fastpath import TokenFastPath
 from service.problems import Problem, install_problem_handlers
 from service.refresher import Refresher
 from service.routes import clients, connect_sessions, connections, oauth, ops
@@ -39,6 +41,26 @@ def create_app(settings: Settings) -> FastAPI:
                     settings=settings, sessions=runtime.sessions, broker=runtime.broker
                 )
                 refresher_task = asyncio.create_task(refresher.run(), name="refresher")
+            cache_task = None
+            if settings.hot_cache_seconds > 0:
+
+                async def revalidate() -> bool:
+                    await asyncio.gather(
+                        runtime.authenticator.revalidate_cache(),
+                        runtime.broker.revalidate_cache(),
+                    )
+                    return False
+
+                # Three or more rounds per cache lifetime (a round waits a
+                # jittered half to whole poll): an entry in use is re-read
+                # before it lapses, even when a busy event loop delays a round,
+                # so busy reads never wait for the database.
+                cache_task = asyncio.create_task(
+                    run_rounds(
+                        "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 3
+                    ),
+                    name="hot-cache",
+                )
             webhook_task = None
             if settings.webhook_url is not None:
                 deliverer = WebhookDeliverer(
@@ -48,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 yield
             finally:
-                for task in (refresher_task, webhook_task):
+                for task in (refresher_task, webhook_task, cache_task):
                     if task is not None:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
@@ -66,6 +88,8 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (oauth, connections, connect_sessions, clients, ops):
         app.include_router(module.router)
 
+    # Inside the access log (added later = outer), so its answers are logged too.
+    app.add_middleware(TokenFastPath)
     app.add_middleware(AccessLogMiddleware)
 
     _register_problem_schema(app)

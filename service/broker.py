@@ -12,10 +12,10 @@ Rules this module keeps:
 * The new refresh token is committed before any caller sees the new session.
 * A refresh answered with a revoked grant marks the connection
   ``needs_reauth``; that refresh token is never presented again.
-* Token reads are answered from memory for less than a second after the row
-  was read (``BROKER_HOT_CACHE_SECONDS``), so a busy connection costs no query
-  per read. Every replica therefore sees a deletion or ``needs_reauth`` within
-  a second; this process's own refreshes and deletions update the cache at
+* Token reads are answered from memory (service.hotcache) for less than a
+  second after the row was read, so a busy connection costs no query per
+  read. Every replica therefore sees a deletion or ``needs_reauth`` within a
+  second; this process's own refreshes and deletions update the cache at
   once. A cached session is only served when it has the caller's ``min_ttl``
   left, so the cache never decides whether to refresh.
 """
@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cachetools import TTLCache
-from sqlalchemy import bindparam, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ARRAY, bindparam, delete, func, select, text, update
+from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
-from service.db import SessionFactory, read_one
+from service.db import SessionFactory, read_all, read_one
+from service.hotcache import HotCache
 from service.metrics import REFRESHES
 from service.models import (
     STATUS_ACTIVE,
@@ -76,6 +76,10 @@ _TOKEN_READ = select(
     Connection.user_id,
     Connection.token_version,
 ).where(Connection.id == bindparam("connection_id"))
+_TOKENS_READ = text(
+    "SELECT id, status, access_token_enc, expires_at, user_id, token_version"
+    " FROM connections WHERE id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +116,7 @@ class IssuedToken:
     session_id: str = field(repr=False)
     expires_at: datetime
     user_id: str
-    # The row's token_version it came from: an older read never replaces a
-    # newer session in the cache.
+    # The row's token_version it came from.
     token_version: int
     # expires_at as a POSIX timestamp: the cache's min_ttl check without
     # datetime arithmetic.
@@ -155,12 +158,9 @@ class Broker:
         self._cipher = cipher
         self._workfront = workfront
         self._flights: dict[uuid.UUID, _Flight] = {}
-        # Decrypted sessions of recently read connections (see the module doc);
-        # timed by time.monotonic inside TTLCache, bounded as an LRU.
-        self._cache: TTLCache[uuid.UUID, IssuedToken] | None = (
-            TTLCache(maxsize=settings.hot_cache_max_entries, ttl=settings.hot_cache_seconds)
-            if settings.hot_cache_seconds > 0
-            else None
+        # Decrypted sessions of recently read connections; active rows only.
+        self._cache: HotCache[uuid.UUID, IssuedToken] = HotCache(
+            seconds=settings.hot_cache_seconds, max_entries=settings.hot_cache_max_entries
         )
         self._refresh_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
@@ -184,19 +184,71 @@ class Broker:
 
     # The hot-path cache -------------------------------------------------------------
 
-    def _remember(self, issued: IssuedToken) -> None:
-        cache = self._cache
-        if cache is None:
-            return
-        current = cache.get(issued.connection_id)
-        # A read that started before this process's refresh may finish after it:
-        # keep the newer session.
-        if current is None or current.token_version <= issued.token_version:
-            cache[issued.connection_id] = issued
+    def cached_token(self, connection_id: uuid.UUID, min_ttl: int) -> IssuedToken | None:
+        """A session from memory with at least ``min_ttl`` seconds left, or None."""
+        hit = self._cache.get(connection_id)
+        if hit is not None and hit.expires_ts - time.time() >= min_ttl:
+            return hit
+        return None
 
-    def _forget(self, connection_id: uuid.UUID) -> None:
-        if self._cache is not None:
-            self._cache.pop(connection_id, None)
+    def _issued_from(
+        self,
+        connection_id: uuid.UUID,
+        sealed: str,
+        expires_at: datetime,
+        user_id: str,
+        version: int,
+    ) -> IssuedToken:
+        return IssuedToken(
+            connection_id=connection_id,
+            session_id=self._cipher.decrypt(
+                sealed, aad=row_aad("connections", connection_id, ACCESS)
+            ),
+            expires_at=expires_at,
+            user_id=user_id,
+            token_version=version,
+        )
+
+    async def _read_token(self, connection_id: uuid.UUID) -> IssuedToken | str | None:
+        """The row as a session (cached when active), its status when not active, or None."""
+        started, changes = self._cache.read_marker()
+        # One indexed read of just these columns, in autocommit (no
+        # BEGIN/ROLLBACK round trips), no ORM object.
+        found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
+        if found is None:
+            self._cache.drop(connection_id)
+            return None
+        status, sealed, expires_at, user_id, version = found
+        if status != STATUS_ACTIVE:
+            self._cache.drop(connection_id)
+            return str(status)
+        issued = self._issued_from(connection_id, sealed, expires_at, user_id, version)
+        self._cache.store(connection_id, issued, read_started=started, changes_seen=changes)
+        return issued
+
+    async def revalidate_cache(self) -> None:
+        """Re-read the sessions served since the last round, in one query (service.hotcache)."""
+        served = self._cache.take_served()
+        if not served:
+            return
+        started, changes = self._cache.read_marker()
+        rows = await read_all(self._reader, _TOKENS_READ, {"ids": list(served)})
+        by_id = {row[0]: row for row in rows}
+        # No await in this loop: under load every await waits a whole turn of
+        # a busy event loop, and rounds must come well within the cache
+        # lifetime. A thousand entries take about a millisecond.
+        for connection_id, seen in served.items():
+            row = by_id.get(connection_id)
+            fresh: IssuedToken | None = None
+            if row is not None and row[1] == STATUS_ACTIVE:
+                _, _, sealed, expires_at, user_id, version = row
+                if version == seen.token_version and expires_at == seen.expires_at:
+                    fresh = seen
+                else:
+                    fresh = self._issued_from(connection_id, sealed, expires_at, user_id, version)
+            self._cache.refresh(
+                connection_id, seen, fresh, read_started=started, changes_seen=changes
+            )
 
     def _next_refresh_at(self, expires_at: datetime) -> datetime:
         """When the refresher should renew: ahead of expiry, jittered earlier."""
@@ -225,35 +277,22 @@ class Broker:
         ``cached=False`` reads the row even when memory holds a session: for a
         caller who must see what another replica may have just stored.
         """
-        cache = self._cache
-        if cached and cache is not None:
-            hit = cache.get(connection_id)
-            if hit is not None and hit.expires_ts - time.time() >= min_ttl:
+        if cached:
+            hit = self.cached_token(connection_id, min_ttl)
+            if hit is not None:
                 return hit
-        # Not cached: one indexed read of just these columns, in autocommit
-        # (no BEGIN/ROLLBACK round trips), no ORM object.
-        found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
-        if found is None:
-            self._forget(connection_id)
+            # Concurrent callers of a connection not in memory share one read.
+            read = await self._cache.load(connection_id, lambda: self._read_token(connection_id))
+        else:
+            read = await self._read_token(connection_id)
+        if read is None:
             raise ConnectionNotFound
-        status, sealed, expires_at, user_id, seen_version = found
-        if status != STATUS_ACTIVE:
-            self._forget(connection_id)
+        if isinstance(read, str):
             raise NeedsReauth
-        if expires_at - _now() >= timedelta(seconds=min_ttl):
-            issued = IssuedToken(
-                connection_id=connection_id,
-                session_id=self._cipher.decrypt(
-                    sealed, aad=row_aad("connections", connection_id, ACCESS)
-                ),
-                expires_at=expires_at,
-                user_id=user_id,
-                token_version=seen_version,
-            )
-            self._remember(issued)
-            return issued
+        if read.expires_ts - time.time() >= min_ttl:
+            return read
         return await self._join_flight(
-            connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
+            connection_id, seen_version=read.token_version, min_ttl=min_ttl, forced=False
         )
 
     async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
@@ -329,10 +368,10 @@ class Broker:
                     connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
                 )
             except (ConnectionNotFound, NeedsReauth):
-                self._forget(connection_id)
+                self._cache.local_change(connection_id)
                 raise
         # Here, not in the callers: this task runs on when every caller left.
-        self._remember(issued)
+        self._cache.put_now(connection_id, issued)
         return issued
 
     async def _refresh_under_lock(
@@ -340,11 +379,20 @@ class Broker:
     ) -> IssuedToken:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
         async with self._sessions() as session, session.begin():
-            await session.execute(text(f"SET LOCAL lock_timeout = {lock_timeout_ms}"))
-            # The transaction idles while Workfront answers; a server-side idle
-            # timeout would end it and free the row lock mid-refresh, letting
-            # another replica present the same refresh token.
-            await session.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            # lock_timeout: how long to wait for another replica's refresh.
+            # idle_in_transaction_session_timeout off: the transaction idles
+            # while Workfront answers; a server-side idle timeout would end it
+            # and free the row lock mid-refresh, letting another replica present
+            # the same refresh token. One round trip for both (set_config with
+            # is_local = SET LOCAL): under a herd every round trip waits a turn
+            # of a busy event loop.
+            await session.execute(
+                text(
+                    "SELECT set_config('lock_timeout', :lock_timeout, true),"
+                    " set_config('idle_in_transaction_session_timeout', '0', true)"
+                ),
+                {"lock_timeout": f"{lock_timeout_ms}ms"},
+            )
             try:
                 row = await session.scalar(
                     select(Connection)
@@ -537,7 +585,7 @@ class Broker:
                     if external_ref is not None:
                         row.external_ref = external_ref
                     # The old session may be cached; the re-authorization replaced it.
-                    self._forget(row.id)
+                    self._cache.local_change(row.id)
                     await record_event(
                         session,
                         "connection.reauthorized",
@@ -605,7 +653,8 @@ class Broker:
                 access_token = None
             await session.execute(delete(Connection).where(Connection.id == connection_id))
             await self._row_event(session, webhooks.CONNECTION_DELETED, row, client_id=client_id)
-        self._forget(connection_id)  # committed: this process stops serving it at once
+        # Committed: this process stops serving it at once.
+        self._cache.local_change(connection_id)
         if access_token is not None:
             await self._workfront.logout(access_token)
 

@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy import event
 
 from service.config import Settings
+from service.schemas import TokenOut
 from tests.conftest import ADMIN_KEY, BrokerHarness, Emulator, running_broker
 from tests.test_concurrency import serve_processes
 
@@ -53,6 +54,43 @@ async def test_warm_token_reads_send_no_sql(broker: BrokerHarness) -> None:
     assert {a.status_code for a in answers} == {200}
     assert {a.json()["session_id"] for a in answers} == {first.json()["session_id"]}
     assert statements == []
+
+
+async def test_answer_from_memory_is_the_routes_answer(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("same")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    routed = await broker.client.get(url, headers=headers)  # cold: through the route
+    remembered = await broker.client.get(url, headers=headers)  # warm: from memory
+    assert routed.status_code == remembered.status_code == 200
+    assert routed.content == remembered.content
+    for name in ("content-type", "content-length"):
+        assert routed.headers[name] == remembered.headers[name]
+    assert set(TokenOut.model_validate_json(remembered.content).model_dump()) == set(
+        remembered.json()
+    )
+
+
+async def test_requests_memory_is_unsure_about_go_to_the_route(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("unsure")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    assert (await broker.client.get(url, headers=headers)).status_code == 200  # warm
+    for params, status in (
+        ({"min_ttl": "abc"}, 422),
+        ({"min_ttl": "86401"}, 422),
+        ({"min_ttl": "-1"}, 422),
+        ({"min_ttl": "0", "other": "x"}, 200),
+    ):
+        answer = await broker.client.get(url, params=params, headers=headers)
+        assert answer.status_code == status, (params, answer.text)
+    lower = {"Authorization": headers["Authorization"].replace("Bearer", "bearer")}
+    assert (await broker.client.get(url, headers=lower)).status_code == 200
+    upper = url.replace(str(connection_id), str(connection_id).upper())
+    assert (await broker.client.get(upper, headers=headers)).status_code == 200
+    reader = await broker.api_key("connections:read")  # valid key, wrong scope
+    assert (await broker.client.get(url, headers=reader)).status_code == 403
+    assert (await broker.client.get(url, headers=reader)).status_code == 403
 
 
 async def test_cached_session_is_not_served_below_min_ttl(
