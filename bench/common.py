@@ -418,10 +418,11 @@ def run_wrk(
 
 
 def verdict(
-    bench: str, target: str, measured: str, ok: bool, *, baseline: str = "", **extra: Any
+    bench: str, target: str, measured: str, ok: bool | None, *, baseline: str = "", **extra: Any
 ) -> None:
-    """Print one target line and keep it in docs/bench/results.json for the docs."""
-    word = "PASS" if ok else "MISS"
+    """Print one target line (ok None: a figure, no target) and keep it in
+    docs/bench/results.json for the docs."""
+    word = "INFO" if ok is None else "PASS" if ok else "MISS"
     print(f"  [{word}] {target}: {measured}" + (f"   (baseline: {baseline})" if baseline else ""))
     PLOTS.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

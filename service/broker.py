@@ -371,7 +371,7 @@ class Broker:
                 self._cache.local_change(connection_id)
                 raise
         # Here, not in the callers: this task runs on when every caller left.
-        self._cache.put_now(connection_id, issued)
+        self._cache.replace(connection_id, issued)
         return issued
 
     async def _refresh_under_lock(

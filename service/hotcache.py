@@ -116,11 +116,17 @@ class HotCache(Generic[K, V]):
             task.add_done_callback(done)
         return await asyncio.shield(task)
 
-    def put_now(self, key: K, value: V) -> None:
-        """This process just stored ``value`` (a refresh it committed): serve it at once."""
+    def replace(self, key: K, value: V) -> None:
+        """This process just stored ``value`` (a refresh it committed).
+
+        Served at once where the old value was in memory; a key nobody reads
+        here is not brought in (the refresher renews thousands of sessions).
+        """
+        present = key in self._entries
         self.local_change(key)
-        started, changes = self.read_marker()
-        self.store(key, value, read_started=started, changes_seen=changes)
+        if present:
+            started, changes = self.read_marker()
+            self.store(key, value, read_started=started, changes_seen=changes)
 
     def take_served(self) -> dict[K, V]:
         """The entries served in the last two rounds, as they are now (for revalidation)."""

@@ -129,7 +129,13 @@ class WorkfrontClient:
         timeout = settings.upstream_timeout_seconds
         return httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            # Keep a connection alive for every refresh the refresher runs at
+            # once: beyond the keep-alive limit each refresh would open and
+            # close its own TCP (and in production TLS) connection.
+            limits=httpx.Limits(
+                max_connections=max(100, settings.refresher_concurrency + 16),
+                max_keepalive_connections=max(20, settings.refresher_concurrency + 8),
+            ),
             follow_redirects=False,
             headers={"User-Agent": "workfront-token-broker/0.1"},
         )
