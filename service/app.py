@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -51,13 +52,12 @@ def create_app(settings: Settings) -> FastAPI:
                     )
                     return False
 
-                # Three or more rounds per cache lifetime (a round waits a
+                # Two or more rounds per cache lifetime (a round waits a
                 # jittered half to whole poll): an entry in use is re-read
-                # before it lapses, even when a busy event loop delays a round,
-                # so busy reads never wait for the database.
+                # before it lapses, so busy reads never wait for the database.
                 cache_task = asyncio.create_task(
                     run_rounds(
-                        "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 3
+                        "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 2
                     ),
                     name="hot-cache",
                 )
@@ -67,6 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
                     settings=settings, sessions=runtime.sessions, http=runtime.http
                 )
                 webhook_task = asyncio.create_task(deliverer.run(), name="webhooks")
+            # Everything made so far (modules, routes, SQLAlchemy metadata: most
+            # of the heap) lives as long as the process: frozen, the collector's
+            # full passes no longer walk it, and those were the longest pauses
+            # a request could meet.
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import read_all
 from service.hotcache import HotCache
+from service.metrics import HOT_CACHE_READS
 
 KEY_PREFIX = "wtb_"
 SCOPES = ("tokens:read", "connections:read", "connections:write", "admin")
@@ -97,6 +98,7 @@ class ApiKeyAuthenticator:
 
     async def _load(self, digest: bytes) -> Principal:
         started, changes = self._cache.read_marker()
+        _MISSES.inc()
         principal = (await self._lookup([digest])).get(digest, _UNKNOWN)
         self._cache.store(digest, principal, read_started=started, changes_seen=changes)
         return principal
@@ -112,25 +114,26 @@ class ApiKeyAuthenticator:
         }
 
     async def revalidate_cache(self) -> None:
-        """Re-read the keys served since the last round, in one query (see service.hotcache)."""
+        """Re-read the keys served in the last rounds, in one query (see service.hotcache)."""
         served = self._cache.take_served()
         if not served:
             return
         started, changes = self._cache.read_marker()
-        found = await self._lookup(list(served))
-        for digest, seen in served.items():
-            self._cache.refresh(
-                digest,
-                seen,
-                found.get(digest, _UNKNOWN),
-                read_started=started,
-                changes_seen=changes,
-            )
+        _REVALIDATIONS.inc()
+        found = await self._lookup([entry.key for entry in served])
+        for entry in served:
+            principal = found.get(entry.key, _UNKNOWN)
+            if principal == entry.value:
+                principal = entry.value  # unchanged: the same object keeps the entry
+            self._cache.revalidated(entry, principal, read_started=started, changes_seen=changes)
 
     def forget(self) -> None:
         """Drop the cache (this process revoked a key; others converge within a second)."""
         self._cache.local_change()
 
+
+_MISSES = HOT_CACHE_READS.labels(cache="keys", kind="miss")
+_REVALIDATIONS = HOT_CACHE_READS.labels(cache="keys", kind="revalidation")
 
 # A key the database does not know (or revoked), as cached.
 _UNKNOWN = Principal(client_id=None, name="", scopes=frozenset())

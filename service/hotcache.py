@@ -1,18 +1,23 @@
 """The hot path's memory: entries served for less than a second after their row was read.
 
-A ``HotCache`` is a cachetools ``TTLCache`` (LRU, bounded entry count) whose
-clock is pinned, when an entry is stored, to the moment the read *started*:
-the row's snapshot is no older than that, so an entry never outlives its data
-by more than the TTL, however slow the read was. With the TTL under one
-second, a change committed by any process (a revoked key, a deleted
-connection, ``needs_reauth``) is seen everywhere within a second.
+A ``HotCache`` is a cachetools ``LRUCache`` (bounded entry count, least
+recently used dropped first) of entries that each carry a deadline on the
+monotonic clock: the moment their row's read *started* plus the lifetime
+(``BROKER_HOT_CACHE_SECONDS``, under one second). The row's snapshot is no
+older than that start, so an entry never outlives its data by more than the
+lifetime, however slow the read was, and a change committed by any process
+(a revoked key, a deleted connection, ``needs_reauth``) is seen everywhere
+within a second.
 
 Entries in use are kept warm without a query per request: a background round
-(in the app's lifespan, two or more per cache lifetime) re-reads the rows of
-the entries served in the last two rounds in one ``= ANY(...)`` query and
-stores them again as of that query's start. Per process that is a few
+(in the app's lifespan, two or more per lifetime) re-reads the rows of the
+entries served in the last two rounds in one ``= ANY(...)`` query; an entry
+whose row is unchanged gets a new deadline (an attribute store: a round over
+thousands of entries takes about a millisecond and never stalls requests), a
+changed row replaces it, a gone one drops it. Per process that is a few
 queries a second however many reads it serves; a request finds its answer in
-memory.
+memory. (cachetools' TTLCache was the first version: re-storing every entry
+each round cost ~8 µs an entry, a stall of several ms per round under load.)
 
 ``local_change()`` is called when this process itself changes a row: a read
 that started before it may not store what it saw (it could be older than the
@@ -26,37 +31,31 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any, Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import LRUCache
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 R = TypeVar("R")
 
 
-class _PinnableClock:
-    """time.monotonic, or a fixed earlier time while an entry is being stored."""
+class Entry(Generic[K, V]):
+    __slots__ = ("deadline", "key", "value")
 
-    __slots__ = ("pinned",)
-
-    def __init__(self) -> None:
-        self.pinned: float | None = None
-
-    def __call__(self) -> float:
-        pinned = self.pinned
-        return time.monotonic() if pinned is None else pinned
+    def __init__(self, key: K, value: V, deadline: float) -> None:
+        self.key = key
+        self.value = value
+        self.deadline = deadline
 
 
 class HotCache(Generic[K, V]):
     def __init__(self, *, seconds: float, max_entries: int) -> None:
         self.enabled = seconds > 0
-        self._clock = _PinnableClock()
-        self._entries: TTLCache[K, V] = TTLCache(
-            maxsize=max_entries, ttl=max(seconds, 1e-9), timer=self._clock
-        )
+        self.seconds = seconds
+        self._entries: LRUCache[K, Entry[K, V]] = LRUCache(maxsize=max_entries)
         # Served since the last revalidation round, and in the round before:
         # an entry read a little less often than rounds come still stays warm.
-        self._served: set[K] = set()
-        self._served_before: set[K] = set()
+        self._served: set[Entry[K, V]] = set()
+        self._served_before: set[Entry[K, V]] = set()
         self._loading: dict[K, asyncio.Future[Any]] = {}
         self._changes = 0  # local_change() calls so far
 
@@ -66,20 +65,17 @@ class HotCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         if not self.enabled:
             return None
-        value = self._entries.get(key)
-        if value is not None:
-            self._served.add(key)
-        return value
+        entry = self._entries.get(key)
+        if entry is None or entry.deadline <= time.monotonic():
+            return None
+        self._served.add(entry)
+        return entry.value
 
     def store(self, key: K, value: V, *, read_started: float, changes_seen: int) -> None:
         """Keep ``value`` as read at ``read_started``, unless this process changed rows since."""
         if not self.enabled or changes_seen != self._changes:
             return
-        self._clock.pinned = read_started
-        try:
-            self._entries[key] = value
-        finally:
-            self._clock.pinned = None
+        self._entries[key] = Entry(key, value, read_started + self.seconds)
 
     def drop(self, key: K) -> None:
         self._entries.pop(key, None)
@@ -128,28 +124,22 @@ class HotCache(Generic[K, V]):
             started, changes = self.read_marker()
             self.store(key, value, read_started=started, changes_seen=changes)
 
-    def take_served(self) -> dict[K, V]:
-        """The entries served in the last two rounds, as they are now (for revalidation)."""
+    def take_served(self) -> list[Entry[K, V]]:
+        """The entries served in the last two rounds (for revalidation)."""
         served = self._served | self._served_before
         self._served_before, self._served = self._served, set()
-        current = {}
-        for key in served:
-            value = self._entries.get(key)
-            if value is not None:
-                current[key] = value
-        return current
+        return list(served)
 
-    def refresh(
-        self, key: K, seen: V, value: V | None, *, read_started: float, changes_seen: int
+    def revalidated(
+        self, entry: Entry[K, V], value: V | None, *, read_started: float, changes_seen: int
     ) -> None:
-        """Revalidation's verdict on ``key``: ``value`` as read (None: gone).
-
-        Only when the entry is still the one revalidated: a newer entry this
-        process stored meanwhile, or a drop, wins.
-        """
-        if self._entries.get(key) is not seen:
-            return
-        if value is None:
-            self._entries.pop(key, None)
-            return
-        self.store(key, value, read_started=read_started, changes_seen=changes_seen)
+        """Revalidation's verdict on ``entry``: ``value`` as read at ``read_started``
+        (the same object: unchanged; None: gone or no longer servable)."""
+        if self._entries.get(entry.key) is not entry:
+            return  # dropped or replaced meanwhile: that wins
+        if value is entry.value:
+            entry.deadline = read_started + self.seconds
+        elif value is None:
+            self._entries.pop(entry.key, None)
+        else:
+            self.store(entry.key, value, read_started=read_started, changes_seen=changes_seen)
