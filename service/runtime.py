@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from service.broker import Broker
 from service.config import Settings, require_database_url
 from service.crypto import TokenCipher
 from service.db import SessionFactory, autocommit, make_engine, make_session_factory
-from service.workfront import WorkfrontClient
+from service.workfront import WorkfrontClient, refresh_lanes
 
 
 def _project_root() -> Path:
@@ -63,8 +63,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         sessions = make_session_factory(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
-        async with WorkfrontClient.make_http_client(settings) as http:
-            workfront = WorkfrontClient(settings, http)
+        async with WorkfrontClient.make_http_client(settings) as http, AsyncExitStack() as more:
+            lanes = [http] + [
+                await more.enter_async_context(WorkfrontClient.make_http_client(settings))
+                for _ in range(refresh_lanes(settings) - 1)
+            ]
+            workfront = WorkfrontClient(settings, http, refresh_clients=lanes)
             admin = settings.admin_api_key
             yield Runtime(
                 settings=settings,
