@@ -27,6 +27,7 @@ from common import (
     PLOTS,
     BrokerConfig,
     Proc,
+    cpu_seconds,
     fresh_database,
     header,
     pg,
@@ -69,6 +70,7 @@ async def _run(
                     *(config.serve(**_refresher_env(concurrency)) for _ in range(replicas))
                 )
             )
+            cpu_before = sum(cpu_seconds(proc.pid) for proc in procs)
             while True:
                 left = await conn.fetchval(
                     "SELECT count(*) FROM connections WHERE token_version < $1", version
@@ -78,6 +80,15 @@ async def _run(
                 if time.monotonic() - started > 900:
                     raise RuntimeError(f"{left} connections still not refreshed after 900 s")
                 await asyncio.sleep(0.2)
+            cpu_used = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_before
+            upstream = [0.0, 0.0]  # seconds, calls: the token call as the broker saw it
+            async with httpx.AsyncClient() as client:
+                for proc in procs:
+                    for line in (await client.get(f"{proc.url}/metrics")).text.splitlines():
+                        if line.startswith('broker_upstream_seconds_sum{call="token"}'):
+                            upstream[0] += float(line.split()[-1])
+                        elif line.startswith('broker_upstream_seconds_count{call="token"}'):
+                            upstream[1] += float(line.split()[-1])
             await asyncio.sleep(1)  # a double refresh would land now
         finally:
             for proc in procs:
@@ -99,6 +110,8 @@ async def _run(
         and ok_statuses
     )
     detail = (
+        f"broker CPU {cpu_used * 1000 / DUE:.1f} ms per refresh, upstream call"
+        f" {upstream[0] * 1000 / max(1.0, upstream[1]):.1f} ms mean as the broker saw it; "
         f"{len(refreshes)} upstream refreshes for {DUE} rows, versions "
         f"{sorted((row[0], row[1]) for row in versions)}, refresh tokens presented twice:"
         f" {len(reuse)}"

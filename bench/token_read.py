@@ -101,7 +101,10 @@ def _plot(results: dict[str, WrkResult], rate: float) -> None:
     for ax, (title, keys) in zip(
         axes,
         (
-            (f"paced, {rate:.0f} req/s each", ("baseline paced", "broker paced")),
+            (
+                f"paced at half the broker's peak ({rate:.0f} req/s)",
+                ("baseline paced", "broker paced"),
+            ),
             (f"peak, {CONNECTIONS} connections", ("baseline peak", "broker peak")),
         ),
         strict=True,
