@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.metrics import TOKEN_REQUESTS
-from service.problems import ProblemError, problem_response
+from service.problems import ProblemError, problem_response, unexpected_error_response
 from service.routes.connections import issue_token
 from service.schemas import token_json
 
@@ -69,8 +69,8 @@ class TokenFastPath:
             _OK.inc()
         else:
             # Not in memory (or too little left): the route's own logic, shared
-            # reads and refreshes included. Database trouble raises on to the
-            # app's handlers, as from the route.
+            # reads and refreshes included, and the app's answers to its errors
+            # (this middleware runs outside the app's exception handlers).
             try:
                 issued = await issue_token(runtime, connection_id, min_ttl=min_ttl)
             except ProblemError as exc:
@@ -78,6 +78,9 @@ class TokenFastPath:
                     exc.status, exc.slug, exc.detail, headers=exc.headers, extra=exc.extra
                 )
                 await problem(scope, receive, send)
+                return
+            except Exception as exc:  # what the route's caller would see, e.g. 503
+                await unexpected_error_response(exc)(scope, receive, send)
                 return
         body = token_json(issued, runtime.settings.workfront_url)
         await send(
