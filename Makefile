@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install dev test lint typecheck pytest format openapi bench clean image-check
 
@@ -38,9 +39,14 @@ format: install
 openapi: install
 	$(BIN)/python -m service.openapi_export openapi/openapi.json
 
-bench: install
-	$(BIN)/python bench/token_read.py
-	$(BIN)/python bench/refresh_shared.py
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# The four benchmarks of docs/benchmarks.md (needs wrk from the OS packages;
+# BROKER_BENCH_DATABASE_URL for an existing PostgreSQL, else an embedded one).
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/run_all.py
 
 # Builds the Dockerfile with podman and starts the broker inside the image against
 # the local PostgreSQL (root only; installs podman and debootstrap when missing).

@@ -93,7 +93,7 @@ class AccessLogMiddleware:
         finally:
             if log.isEnabledFor(logging.INFO):
                 duration_ms = round((time.perf_counter() - started) * 1000, 2)
-                method, path = scope["method"], logged_path(scope)
+                method, path = scope["method"], context.get("route") or logged_path(scope)
                 log.info(
                     "%s %s %d %.1fms",
                     method,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from service.access_log import AccessLogMiddleware
+from service.background import run_rounds
 from service.config import Settings
+from service.fastpath import TokenFastPath
 from service.pages import static_files
 from service.problems import Problem, install_problem_handlers
 from service.refresher import Refresher
@@ -51,19 +54,48 @@ def create_app(settings: Settings) -> FastAPI:
                     settings=settings, sessions=runtime.sessions, broker=runtime.broker
                 )
                 tasks.append(asyncio.create_task(refresher.run(), name="refresher"))
+            cache_task = None
+            if settings.hot_cache_seconds > 0:
+
+                async def revalidate() -> bool:
+                    await asyncio.gather(
+                        runtime.authenticator.revalidate_cache(),
+                        runtime.broker.revalidate_cache(),
+                    )
+                    return False
+
+                # Two or more rounds per cache lifetime (a round waits a
+                # jittered half to whole poll): an entry in use is re-read
+                # before it lapses, so busy reads never wait for the database.
+                # Not stopped at SIGTERM: requests still in flight use it.
+                cache_task = asyncio.create_task(
+                    run_rounds(
+                        "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 2
+                    ),
+                    name="hot-cache",
+                )
             if settings.webhook_url is not None:
                 deliverer = WebhookDeliverer(
                     settings=settings, sessions=runtime.sessions, http=runtime.http
                 )
                 tasks.append(asyncio.create_task(deliverer.run(), name="webhooks"))
             app.state.background_tasks = tasks
+            # Everything made so far (modules, routes, SQLAlchemy metadata: most
+            # of the heap) lives as long as the process: frozen, the collector's
+            # full passes no longer walk it, and those were the longest pauses
+            # a request could meet.
+            gc.collect()
+            gc.freeze()
             try:
                 yield
             finally:
                 begin_shutdown(app)
-                for task in tasks:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                if cache_task is not None:
+                    cache_task.cancel()
+                for task in (*tasks, cache_task):
+                    if task is not None:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 # A refresh in flight may hold a rotated token until it commits.
                 await runtime.broker.drain()
 
@@ -80,6 +112,8 @@ def create_app(settings: Settings) -> FastAPI:
     # load nothing from a third party; a mount stays out of the OpenAPI document.
     app.mount("/static", static_files(), name="static")
 
+    # Inside the access log (added later = outer), so its answers are logged too.
+    app.add_middleware(TokenFastPath)
     app.add_middleware(AccessLogMiddleware)
 
     _register_problem_schema(app)

@@ -12,6 +12,12 @@ Rules this module keeps:
 * The new refresh token is committed before any caller sees the new session.
 * A refresh answered with a revoked grant marks the connection
   ``needs_reauth``; that refresh token is never presented again.
+* Token reads are answered from memory (service.hotcache) for less than a
+  second after the row was read, so a busy connection costs no query per
+  read. Every replica therefore sees a deletion or ``needs_reauth`` within a
+  second; this process's own refreshes and deletions update the cache at
+  once. A cached session is only served when it has the caller's ``min_ttl``
+  left, so the cache never decides whether to refresh.
 """
 
 from __future__ import annotations
@@ -20,22 +26,24 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, or_, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
 from service.config import Settings
 from service.crypto import TokenCipher, row_aad
-from service.db import SessionFactory, read_one
+from service.db import SessionFactory, read_all, read_one
+from service.hotcache import Entry, HotCache
 from service.logs import CONNECTION_ID
-from service.metrics import REFRESHES
+from service.metrics import HOT_CACHE_READS, REFRESHES
 from service.models import (
     STATUS_ACTIVE,
     STATUS_NEEDS_REAUTH,
@@ -70,6 +78,15 @@ _TOKEN_READ = select(
     Connection.user_id,
     Connection.token_version,
 ).where(Connection.id == bindparam("connection_id"))
+_TOKENS_READ = text(
+    "SELECT id, status, access_token_enc, expires_at, user_id, token_version"
+    " FROM connections WHERE id = ANY(:ids)"
+).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
+
+
+_REVALIDATION_SLICE = 250
+_SESSION_MISSES = HOT_CACHE_READS.labels(cache="sessions", kind="miss")
+_SESSION_REVALIDATIONS = HOT_CACHE_READS.labels(cache="sessions", kind="revalidation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,14 @@ class IssuedToken:
     session_id: str = field(repr=False)
     expires_at: datetime
     user_id: str
+    # The row's token_version it came from.
+    token_version: int
+    # expires_at as a POSIX timestamp: the cache's min_ttl check without
+    # datetime arithmetic.
+    expires_ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_ts", self.expires_at.timestamp())
 
 
 async def record_event(
@@ -150,6 +175,10 @@ class Broker:
         self._flights: dict[uuid.UUID, _Flight] = {}
         # Refresh tasks that have presented a refresh token and not yet committed.
         self._presenting: set[asyncio.Task[Any]] = set()
+        # Decrypted sessions of recently read connections; active rows only.
+        self._cache: HotCache[uuid.UUID, IssuedToken] = HotCache(
+            seconds=settings.hot_cache_seconds, max_entries=settings.hot_cache_max_entries
+        )
         self._refresh_slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
 
     # Encryption helpers ----------------------------------------------------------
@@ -167,7 +196,81 @@ class Broker:
             session_id=self._open(row, ACCESS),
             expires_at=row.expires_at,
             user_id=row.user_id,
+            token_version=row.token_version,
         )
+
+    # The hot-path cache -------------------------------------------------------------
+
+    def cached_token(self, connection_id: uuid.UUID, min_ttl: int) -> IssuedToken | None:
+        """A session from memory with at least ``min_ttl`` seconds left, or None."""
+        hit = self._cache.get(connection_id)
+        if hit is not None and hit.expires_ts - time.time() >= min_ttl:
+            return hit
+        return None
+
+    def _issued_from(
+        self,
+        connection_id: uuid.UUID,
+        sealed: str,
+        expires_at: datetime,
+        user_id: str,
+        version: int,
+    ) -> IssuedToken:
+        return IssuedToken(
+            connection_id=connection_id,
+            session_id=self._cipher.decrypt(
+                sealed, aad=row_aad("connections", connection_id, ACCESS)
+            ),
+            expires_at=expires_at,
+            user_id=user_id,
+            token_version=version,
+        )
+
+    async def _read_token(self, connection_id: uuid.UUID) -> IssuedToken | str | None:
+        """The row as a session (cached when active), its status when not active, or None."""
+        started, changes = self._cache.read_marker()
+        _SESSION_MISSES.inc()
+        # One indexed read of just these columns, in autocommit (no
+        # BEGIN/ROLLBACK round trips), no ORM object.
+        found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
+        if found is None:
+            self._cache.drop(connection_id)
+            return None
+        status, sealed, expires_at, user_id, version = found
+        if status != STATUS_ACTIVE:
+            self._cache.drop(connection_id)
+            return str(status)
+        issued = self._issued_from(connection_id, sealed, expires_at, user_id, version)
+        self._cache.store(connection_id, issued, read_started=started, changes_seen=changes)
+        return issued
+
+    async def revalidate_cache(self) -> None:
+        """Re-read the sessions served in the last rounds (see service.hotcache).
+
+        In slices of a few hundred, one query each: processing one slice's rows
+        takes well under a millisecond, so requests are never held up longer.
+        """
+        served = self._cache.take_served()
+        for start in range(0, len(served), _REVALIDATION_SLICE):
+            await self._revalidate(served[start : start + _REVALIDATION_SLICE])
+
+    async def _revalidate(self, served: list[Entry[uuid.UUID, IssuedToken]]) -> None:
+        started, changes = self._cache.read_marker()
+        _SESSION_REVALIDATIONS.inc()
+        ids = [entry.key for entry in served]
+        rows = await read_all(self._reader, _TOKENS_READ, {"ids": ids})
+        by_id = {row[0]: row for row in rows}
+        for entry in served:
+            seen = entry.value
+            row = by_id.get(entry.key)
+            fresh: IssuedToken | None = None
+            if row is not None and row[1] == STATUS_ACTIVE:
+                _, _, sealed, expires_at, user_id, version = row
+                if version == seen.token_version and expires_at == seen.expires_at:
+                    fresh = seen
+                else:
+                    fresh = self._issued_from(entry.key, sealed, expires_at, user_id, version)
+            self._cache.revalidated(entry, fresh, read_started=started, changes_seen=changes)
 
     def _next_refresh_at(self, expires_at: datetime) -> datetime:
         """When the refresher should renew: ahead of expiry, jittered earlier."""
@@ -188,27 +291,30 @@ class Broker:
 
     # Reading -----------------------------------------------------------------------
 
-    async def get_token(self, connection_id: uuid.UUID, *, min_ttl: int) -> IssuedToken:
-        """A session with at least ``min_ttl`` seconds left, refreshing first when needed."""
-        # The hot path: one indexed read of just these columns, in autocommit
-        # (no BEGIN/ROLLBACK round trips), no ORM object.
-        found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
-        if found is None:
+    async def get_token(
+        self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True
+    ) -> IssuedToken:
+        """A session with at least ``min_ttl`` seconds left, refreshing first when needed.
+
+        ``cached=False`` reads the row even when memory holds a session: for a
+        caller who must see what another replica may have just stored.
+        """
+        if cached:
+            hit = self.cached_token(connection_id, min_ttl)
+            if hit is not None:
+                return hit
+            # Concurrent callers of a connection not in memory share one read.
+            read = await self._cache.load(connection_id, lambda: self._read_token(connection_id))
+        else:
+            read = await self._read_token(connection_id)
+        if read is None:
             raise ConnectionNotFound
-        status, sealed, expires_at, user_id, seen_version = found
-        if status != STATUS_ACTIVE:
+        if isinstance(read, str):
             raise NeedsReauth
-        if expires_at - _now() >= timedelta(seconds=min_ttl):
-            return IssuedToken(
-                connection_id=connection_id,
-                session_id=self._cipher.decrypt(
-                    sealed, aad=row_aad("connections", connection_id, ACCESS)
-                ),
-                expires_at=expires_at,
-                user_id=user_id,
-            )
+        if read.expires_ts - time.time() >= min_ttl:
+            return read
         return await self._join_flight(
-            connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=False
+            connection_id, seen_version=read.token_version, min_ttl=min_ttl, forced=False
         )
 
     async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
@@ -248,8 +354,10 @@ class Broker:
         debounce = timedelta(seconds=self._settings.force_refresh_debounce_seconds)
         # Both times from the database's clock: replicas' clocks may disagree.
         if last_refreshed_at is not None and db_now - last_refreshed_at < debounce:
-            # Refreshed a moment ago (by a caller who saw the same rejection).
-            return await self.get_token(connection_id, min_ttl=0)
+            # Refreshed a moment ago (by a caller who saw the same rejection),
+            # maybe by another replica: read the row, memory may hold the
+            # session this caller saw rejected.
+            return await self.get_token(connection_id, min_ttl=0, cached=False)
         return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
 
     # Refreshing --------------------------------------------------------------------
@@ -292,20 +400,36 @@ class Broker:
         # upstream call; at most half the pool does, so token reads of live
         # sessions keep working while Workfront is slow.
         async with self._refresh_slots:
-            return await self._refresh_under_lock(
-                connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
-            )
+            try:
+                issued = await self._refresh_under_lock(
+                    connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                )
+            except (ConnectionNotFound, NeedsReauth):
+                self._cache.local_change(connection_id)
+                raise
+        # Here, not in the callers: this task runs on when every caller left.
+        self._cache.replace(connection_id, issued)
+        return issued
 
     async def _refresh_under_lock(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
         async with self._sessions() as session, session.begin():
-            await session.execute(text(f"SET LOCAL lock_timeout = {lock_timeout_ms}"))
-            # The transaction idles while Workfront answers; a server-side idle
-            # timeout would end it and free the row lock mid-refresh, letting
-            # another replica present the same refresh token.
-            await session.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
+            # lock_timeout: how long to wait for another replica's refresh.
+            # idle_in_transaction_session_timeout off: the transaction idles
+            # while Workfront answers; a server-side idle timeout would end it
+            # and free the row lock mid-refresh, letting another replica present
+            # the same refresh token. One round trip for both (set_config with
+            # is_local = SET LOCAL): under a herd every round trip waits a turn
+            # of a busy event loop.
+            await session.execute(
+                text(
+                    "SELECT set_config('lock_timeout', :lock_timeout, true),"
+                    " set_config('idle_in_transaction_session_timeout', '0', true)"
+                ),
+                {"lock_timeout": f"{lock_timeout_ms}ms"},
+            )
             try:
                 row = await session.scalar(
                     select(Connection)
@@ -504,6 +628,8 @@ class Broker:
                     row.customer_id = user.customer_id
                     if external_ref is not None:
                         row.external_ref = external_ref
+                    # The old session may be cached; the re-authorization replaced it.
+                    self._cache.local_change(row.id)
                     await record_event(
                         session,
                         "connection.reauthorized",
@@ -571,6 +697,8 @@ class Broker:
                 access_token = None
             await session.execute(delete(Connection).where(Connection.id == connection_id))
             await self._row_event(session, webhooks.CONNECTION_DELETED, row, client_id=client_id)
+        # Committed: this process stops serving it at once.
+        self._cache.local_change(connection_id)
         if access_token is not None:
             await self._workfront.logout(access_token)
 

@@ -107,6 +107,15 @@ class Settings(BaseSettings):
     # wait for a free one (up to 10 s) rather than opening and closing extra
     # connections, which under load costs more than the query.
     db_pool_size: int = Field(default=20, ge=1, le=500)
+    # In-memory caches of the hot path (API key -> client, connection -> its
+    # decrypted session). Their lifetime bounds how long another replica may
+    # go on honouring a revoked key or a deleted connection: the contract says
+    # one second, and an entry is made after its row was read, hence < 1 s.
+    # 0 turns them off.
+    hot_cache_seconds: float = Field(default=0.9, ge=0, lt=1.0)
+    # Per cache, least recently used dropped first: bounds memory whatever
+    # the number of keys or connections in use.
+    hot_cache_max_entries: int = Field(default=10_000, ge=1, le=1_000_000)
     # The proactive refresher (one per serve process; replicas share the work).
     refresher_enabled: bool = True
     refresher_poll_seconds: float = Field(default=5.0, gt=0, le=3600)

@@ -78,3 +78,17 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
 
 def make_session_factory(engine: AsyncEngine) -> SessionFactory:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def read_all(
+    engine: AsyncEngine, statement: Executable, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
+    """All rows of a single-statement read, retried once like ``read_one``."""
+    for attempt in (1, 2):
+        try:
+            async with engine.connect() as conn:
+                return [tuple(row) for row in await conn.execute(statement, params or {})]
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    return []  # unreachable: the second attempt returns or raises

@@ -37,6 +37,14 @@ def note_client(client_id: object) -> None:
         context["client_id"] = str(client_id)
 
 
+def note_route(template: str, connection_id: str) -> None:
+    """For requests answered before routing (service.fastpath): what the router would tell."""
+    context = REQUEST_CONTEXT.get()
+    if context is not None:
+        context["route"] = template
+        context["connection_id"] = connection_id
+
+
 class ContextFilter(logging.Filter):
     """Copy the request/client/connection ids of the current context onto each record."""
 
@@ -46,6 +54,8 @@ class ContextFilter(logging.Filter):
         if context is not None:
             record.request_id = context.get("request_id")
             record.client_id = context.get("client_id")
+            if connection_id is None:
+                connection_id = context.get("connection_id")
             if connection_id is None:
                 # Routes name their connection in the path; the router has put
                 # the parsed parameters into the scope by the time we log.

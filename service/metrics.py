@@ -33,3 +33,9 @@ REFRESHER_LAG = Histogram(
 WEBHOOK_DELIVERIES = Counter(
     "broker_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"]
 )
+HOT_CACHE_READS = Counter(
+    "broker_hot_cache_reads_total",
+    "Database reads of the hot-path caches (cache: keys, sessions): a miss on the"
+    " request path, or a background revalidation round.",
+    ["cache", "kind"],
+)

@@ -126,6 +126,22 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+def unexpected_error_response(exc: Exception) -> JSONResponse:
+    """The answer to an error no handler expected: 503 for a database outage, else 500."""
+    if is_database_outage(exc):
+        # PostgreSQL unreachable is an outage, not a client error and not a
+        # reason to tell a caller its key is unknown: 503, try again shortly.
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return problem_response(
+            503,
+            "database-unavailable",
+            "the broker's database is unreachable; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+    log.error("unexpected error", exc_info=exc)
+    return problem_response(500, "internal-error", "an unexpected error occurred")
+
+
 ResponsesDoc = dict[int | str, dict[str, Any]]
 
 
@@ -160,18 +176,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        if is_database_outage(exc):
-            # PostgreSQL unreachable is an outage, not a client error and not a
-            # reason to tell a caller its key is unknown: 503, try again shortly.
-            log.warning("database unavailable: %s", type(exc).__name__)
-            return problem_response(
-                503,
-                "database-unavailable",
-                "the broker's database is unreachable; try again shortly",
-                headers={"Retry-After": "5"},
-            )
-        log.error("unexpected error", exc_info=exc)
-        return problem_response(500, "internal-error", "an unexpected error occurred")
+        return unexpected_error_response(exc)
 
     # Registered for the broad classes: Starlette picks the most specific
     # handler, and these run before the server's bare 500.

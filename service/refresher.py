@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,6 +71,8 @@ class Refresher:
             60.0, settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds
         )
         self._slots = asyncio.Semaphore(settings.refresher_concurrency)
+        self._pending: set[asyncio.Task[None]] = set()
+        self._gauges_at = 0.0
 
     async def run(self) -> None:
         """Loop until cancelled; a full batch goes straight on to the next round."""
@@ -77,17 +80,44 @@ class Refresher:
         async def round_() -> bool:
             return await self.run_once() >= self._settings.refresher_batch_size
 
-        await run_rounds("refresher", round_, poll_seconds=self._settings.refresher_poll_seconds)
+        try:
+            await run_rounds(
+                "refresher", round_, poll_seconds=self._settings.refresher_poll_seconds
+            )
+        finally:
+            # Claimed but not started: they come back when their lease ends.
+            # Started ones are shielded in the broker and drained at shutdown.
+            for task in self._pending:
+                task.cancel()
 
     async def run_once(self) -> int:
-        """One round: claim due connections, refresh them; returns how many were claimed."""
+        """One round: claim due connections and start refreshing them; returns how many
+        were claimed.
+
+        Returns once every claimed refresh has a slot, not once they are all
+        done: the next batch is claimed while this one's last refreshes are in
+        flight, so the slots never idle waiting for a batch's slowest refresh
+        (with a batch of 100 and 64 slots, waiting would leave 28 % idle).
+        Claimed refreshes waiting for a slot are at most one batch.
+        """
         claims = await self._claim()
         now = datetime.now(UTC)
         for claim in claims:
             REFRESHER_LAG.observe(max(0.0, (now - claim.due_at).total_seconds()))
-        if claims:
-            await asyncio.gather(*(self._refresh(claim) for claim in claims))
-        await self._update_gauges()
+            task = asyncio.create_task(self._refresh(claim), name="refresher-refresh")
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        while len(self._pending) > self._settings.refresher_concurrency:
+            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
+        if not claims:
+            # Idle round: let the last refreshes land before the gauges are read.
+            while self._pending:
+                await asyncio.wait(self._pending)
+        # At most once a second: a GROUP BY over every connection per batch
+        # would cost a busy refresher more than its claims.
+        if time.monotonic() - self._gauges_at >= 1.0:
+            self._gauges_at = time.monotonic()
+            await self._update_gauges()
         return len(claims)
 
     async def _claim(self) -> list[Claim]:
@@ -99,7 +129,7 @@ class Refresher:
             return [Claim(row.id, row.token_version, row.due_at) for row in rows]
 
     async def _refresh(self, claim: Claim) -> None:
-        CONNECTION_ID.set(str(claim.connection_id))  # gather gave this its own task
+        CONNECTION_ID.set(str(claim.connection_id))  # run_once gave this its own task
         async with self._slots:
             try:
                 await self._broker.refresh_claimed(

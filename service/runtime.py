@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from service.config import Settings, require_database_url
 from service.crypto import TokenCipher
 from service.db import SessionFactory, autocommit, make_engine, make_session_factory
 from service.stored_keys import StoredKeyCheck
-from service.workfront import WorkfrontClient
+from service.workfront import WorkfrontClient, refresh_lanes
 
 
 def _project_root() -> Path:
@@ -65,8 +65,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         sessions = make_session_factory(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
-        async with WorkfrontClient.make_http_client(settings) as http:
-            workfront = WorkfrontClient(settings, http)
+        async with WorkfrontClient.make_http_client(settings) as http, AsyncExitStack() as more:
+            lanes = [http] + [
+                await more.enter_async_context(WorkfrontClient.make_http_client(settings))
+                for _ in range(refresh_lanes(settings) - 1)
+            ]
+            workfront = WorkfrontClient(settings, http, refresh_clients=lanes)
             admin = settings.admin_api_key
             yield Runtime(
                 settings=settings,
@@ -85,6 +89,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 authenticator=ApiKeyAuthenticator(
                     reader=autocommit(engine),
                     admin_key=admin.get_secret_value() if admin else None,
+                    cache_seconds=settings.hot_cache_seconds,
+                    cache_entries=settings.hot_cache_max_entries,
                 ),
                 schema_head=alembic_head(),
                 stored_keys=StoredKeyCheck(cipher),

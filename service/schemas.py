@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from service.broker import IssuedToken
 
 # Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
 # control characters (they only ever come from a mistake or an attack).
@@ -28,6 +32,26 @@ class TokenOut(BaseModel):
     expires_at: datetime = Field(description="When the session is expected to lapse (UTC).")
     workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
     user_id: str = Field(description="The Workfront user the session belongs to.")
+
+
+def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
+    """A TokenOut body, serialized directly: byte for byte what pydantic would write.
+
+    The token read is the hot path, and building and serializing a TokenOut
+    costs more CPU than the rest of a cached read; tests/test_api.py checks
+    the body against the model.
+    """
+    return orjson.dumps(
+        {
+            "connection_id": str(issued.connection_id),
+            "session_id": issued.session_id,
+            "token_type": "sessionID",
+            "expires_at": issued.expires_at,  # Z for UTC, as pydantic writes it
+            "workfront_url": workfront_url,
+            "user_id": issued.user_id,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
 
 
 class ConnectionOut(BaseModel):

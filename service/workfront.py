@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import logging
 import math
 import re
@@ -117,10 +118,32 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+# Refreshes in flight per HTTP client. httpcore's pool scans every pooled
+# connection (and some pairs of them) on each request's start and end, so one
+# client's cost per request grows with its connection count; refreshes run in
+# parallel (refresher concurrency, up to half the database pool) are spread
+# over several clients of about this many connections each.
+REFRESHES_PER_CLIENT = 8
+
+
+def refresh_lanes(settings: Settings) -> int:
+    """How many HTTP clients refreshes are spread over (see REFRESHES_PER_CLIENT)."""
+    parallel = max(settings.refresher_concurrency, settings.db_pool_size // 2)
+    return max(1, -(-parallel // REFRESHES_PER_CLIENT))
+
+
 class WorkfrontClient:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        refresh_clients: list[httpx.AsyncClient] | None = None,
+    ) -> None:
         self._settings = settings
         self._http = http
+        self._lanes = refresh_clients or [http]
+        self._next_lane = itertools.cycle(range(len(self._lanes)))
         self._base = settings.workfront_url
         self._api = f"{self._base}/attask/api/{settings.workfront_api_version}"
 
@@ -129,7 +152,13 @@ class WorkfrontClient:
         timeout = settings.upstream_timeout_seconds
         return httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            # Keep a connection alive for every refresh the refresher runs at
+            # once: beyond the keep-alive limit each refresh would open and
+            # close its own TCP (and in production TLS) connection.
+            limits=httpx.Limits(
+                max_connections=max(100, settings.refresher_concurrency + 16),
+                max_keepalive_connections=max(20, settings.refresher_concurrency + 8),
+            ),
             follow_redirects=False,
             headers={"User-Agent": "workfront-token-broker/0.1"},
         )
@@ -166,18 +195,27 @@ class WorkfrontClient:
             # The documented form-style refresh carries redirect_uri too.
             fields["redirect_uri"] = self._settings.redirect_uri
         return await self._token_request(
-            fields, secret=refresh_token, previous_refresh_token=refresh_token
+            fields,
+            secret=refresh_token,
+            previous_refresh_token=refresh_token,
+            http=self._lanes[next(self._next_lane)],
         )
 
     async def _token_request(
-        self, fields: dict[str, str], *, secret: str, previous_refresh_token: str | None
+        self,
+        fields: dict[str, str],
+        *,
+        secret: str,
+        previous_refresh_token: str | None,
+        http: httpx.AsyncClient | None = None,
     ) -> TokenSet:
+        http = http or self._http
         client_secret = self._settings.client_secret.get_secret_value()
         url = f"{self._base}{TOKEN_PATH}"
         started = time.monotonic()
         try:
             if self._settings.token_auth == "basic_json":
-                response = await self._http.post(
+                response = await http.post(
                     url, json=fields, auth=(self._settings.client_id, client_secret)
                 )
             else:
@@ -186,7 +224,7 @@ class WorkfrontClient:
                     "client_id": self._settings.client_id,
                     "client_secret": client_secret,
                 }
-                response = await self._http.post(url, data=form)
+                response = await http.post(url, data=form)
         except httpx.TimeoutException:
             raise TransientError("token endpoint timed out") from None
         except httpx.HTTPError as exc:

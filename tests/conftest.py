@@ -105,6 +105,16 @@ def free_port() -> int:
     raise RuntimeError("no free port below the ephemeral range")
 
 
+async def outlive_hot_cache() -> None:
+    """Wait out the broker's in-memory caches (BROKER_HOT_CACHE_SECONDS < 1 s).
+
+    A test that changes a row behind the broker's back plays another replica:
+    the broker may answer from what it read less than a second ago, as the
+    contract allows, and must see the change after that.
+    """
+    await asyncio.sleep(1.0)
+
+
 # PostgreSQL -----------------------------------------------------------------------
 
 

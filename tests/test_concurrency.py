@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from service.config import Settings
-from tests.conftest import BrokerHarness, Emulator, running_broker
+from tests.conftest import BrokerHarness, Emulator, outlive_hot_cache, running_broker
 from tests.processes import serve_processes
 
 
@@ -127,6 +127,7 @@ async def test_transient_failure_serves_the_current_session_while_valid(
         await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     ).json()["session_id"]
     await _expire_soon(db, connection_id, 30)
+    await outlive_hot_cache()
     await broker.emulator.faults({"kind": "status", "status": 502})
     response = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     assert response.status_code == 200

@@ -29,6 +29,7 @@ from tests.conftest import (
     Emulator,
     env_without_broker,
     make_settings,
+    outlive_hot_cache,
     run_cli,
     running_broker,
 )
@@ -349,6 +350,7 @@ async def test_ciphertext_copied_into_another_row_does_not_hand_out_that_session
     assert session_a != session_b
 
     await _copy_tokens(db, a, b)
+    await outlive_hot_cache()
     response = await _fetch_unraised(broker, f"/v1/connections/{b}/token", headers)
     assert response.status_code != 200
     assert session_a not in response.text

@@ -14,7 +14,14 @@ from service.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, Token
 from service.metrics import TOKEN_REQUESTS
 from service.models import Connection
 from service.problems import ProblemError, ResponsesDoc, problem_doc
-from service.schemas import NO_CONTROL_CHARS, ConnectionOut, ConnectionStatus, TokenOut
+from service.runtime import Runtime
+from service.schemas import (
+    NO_CONTROL_CHARS,
+    ConnectionOut,
+    ConnectionStatus,
+    TokenOut,
+    token_json,
+)
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
 
@@ -35,17 +42,23 @@ def _not_found() -> ProblemError:
     return ProblemError(404, "not-found", "no such connection")
 
 
-def _token_out(runtime: RuntimeDep, issued: IssuedToken) -> TokenOut:
-    return TokenOut(
-        connection_id=issued.connection_id,
-        session_id=issued.session_id,
-        expires_at=issued.expires_at,
-        workfront_url=runtime.settings.workfront_url,
-        user_id=issued.user_id,
+def _token_response(runtime: RuntimeDep, issued: IssuedToken) -> Response:
+    # A prebuilt body: the routes still declare response_model=TokenOut, so
+    # the OpenAPI document is unchanged.
+    return Response(
+        token_json(issued, runtime.settings.workfront_url), media_type="application/json"
     )
 
 
-async def _issue(runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int | None) -> TokenOut:
+async def issue(runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None) -> Response:
+    """The token (min_ttl set) or forced-refresh answer; a ProblemError for the rest."""
+    return _token_response(runtime, await issue_token(runtime, connection_id, min_ttl=min_ttl))
+
+
+async def issue_token(
+    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
+) -> IssuedToken:
+    """The session to answer with (counted in the metrics); a ProblemError for the rest."""
     kind = "token" if min_ttl is not None else "refresh"
     outcome = "error"
     try:
@@ -60,14 +73,13 @@ async def _issue(runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int 
 
 
 async def _issue_unmetered(
-    runtime: RuntimeDep, connection_id: uuid.UUID, *, min_ttl: int | None
-) -> TokenOut:
+    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
+) -> IssuedToken:
     broker = runtime.broker
     try:
         if min_ttl is None:
-            issued = await broker.force_refresh(connection_id)
-        else:
-            issued = await broker.get_token(connection_id, min_ttl=min_ttl)
+            return await broker.force_refresh(connection_id)
+        return await broker.get_token(connection_id, min_ttl=min_ttl)
     except ConnectionNotFound:
         raise _not_found() from None
     except NeedsReauth:
@@ -90,7 +102,6 @@ async def _issue_unmetered(
             "Workfront is unreachable and no usable session is stored",
             headers={"Retry-After": str(retry)},
         ) from None
-    return _token_out(runtime, issued)
 
 
 @router.get(
@@ -107,8 +118,8 @@ async def get_token(
         int,
         Query(ge=0, le=86_400, description="Refresh first when fewer seconds than this remain."),
     ] = 60,
-) -> TokenOut:
-    return await _issue(runtime, connection_id, min_ttl=min_ttl)
+) -> Response:
+    return await issue(runtime, connection_id, min_ttl=min_ttl)
 
 
 @router.post(
@@ -117,8 +128,8 @@ async def get_token(
     response_model=TokenOut,
     responses=_TOKEN_ERRORS,
 )
-async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: TokensReader) -> TokenOut:
-    return await _issue(runtime, connection_id, min_ttl=None)
+async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: TokensReader) -> Response:
+    return await issue(runtime, connection_id, min_ttl=None)
 
 
 @router.get(

@@ -1,0 +1,270 @@
+"""The hot path's in-memory caches: fast, yet never wrong for longer than a second.
+
+Real time, real processes: a revoked key, a deleted connection or one that
+needs re-authorization must stop working within one second on every replica,
+including one that has just served it from memory. Waits are 1.1 s: the
+contract's second plus a margin for the request that observes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from sqlalchemy import event
+
+from service.config import Settings
+from service.schemas import TokenOut
+from tests.conftest import ADMIN_KEY, BrokerHarness, Emulator, running_broker
+from tests.processes import serve_processes
+
+CONTRACT_WAIT = 1.1
+
+
+@contextmanager
+def counted_statements(broker: BrokerHarness) -> Iterator[list[str]]:
+    """Every SQL statement the broker's engine sends while the block runs."""
+    engine = broker.app.state.runtime.engine.sync_engine
+    seen: list[str] = []
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])  # (conn, cursor, statement, parameters, context, executemany)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def test_warm_token_reads_send_no_sql(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("warm")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    first = await broker.client.get(url, headers=headers)
+    assert first.status_code == 200
+    with counted_statements(broker) as statements:
+        answers = [await broker.client.get(url, headers=headers) for _ in range(20)]
+    assert {a.status_code for a in answers} == {200}
+    assert {a.json()["session_id"] for a in answers} == {first.json()["session_id"]}
+    assert statements == []
+
+
+async def test_answer_from_memory_is_the_routes_answer(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("same")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    routed = await broker.client.get(url, headers=headers)  # cold: through the route
+    remembered = await broker.client.get(url, headers=headers)  # warm: from memory
+    assert routed.status_code == remembered.status_code == 200
+    assert routed.content == remembered.content
+    for name in ("content-type", "content-length"):
+        assert routed.headers[name] == remembered.headers[name]
+    assert set(TokenOut.model_validate_json(remembered.content).model_dump()) == set(
+        remembered.json()
+    )
+
+
+async def test_requests_memory_is_unsure_about_go_to_the_route(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("unsure")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    assert (await broker.client.get(url, headers=headers)).status_code == 200  # warm
+    for params, status in (
+        ({"min_ttl": "abc"}, 422),
+        ({"min_ttl": "86401"}, 422),
+        ({"min_ttl": "-1"}, 422),
+        ({"min_ttl": "0", "other": "x"}, 200),
+    ):
+        answer = await broker.client.get(url, params=params, headers=headers)
+        assert answer.status_code == status, (params, answer.text)
+    lower = {"Authorization": headers["Authorization"].replace("Bearer", "bearer")}
+    assert (await broker.client.get(url, headers=lower)).status_code == 200
+    upper = url.replace(str(connection_id), str(connection_id).upper())
+    assert (await broker.client.get(upper, headers=headers)).status_code == 200
+    reader = await broker.api_key("connections:read")  # valid key, wrong scope
+    assert (await broker.client.get(url, headers=reader)).status_code == 403
+    assert (await broker.client.get(url, headers=reader)).status_code == 403
+
+
+async def test_cached_session_is_not_served_below_min_ttl(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    connection_id = await broker.connect("picky")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    warm = await broker.client.get(url, headers=headers)
+    # The stored session has about BROKER_SESSION_TTL_SECONDS (1800) left; asking
+    # for more must refresh even though memory holds a session.
+    more = await broker.client.get(url, params={"min_ttl": 3600}, headers=headers)
+    assert more.status_code == 200
+    assert more.json()["session_id"] != warm.json()["session_id"]
+    refreshes = [r for r in await broker.emulator.requests() if r["grant_type"] == "refresh_token"]
+    assert len(refreshes) == 1
+    version = await db.fetchval(
+        "SELECT token_version FROM connections WHERE id = $1", connection_id
+    )
+    assert version == 2
+
+
+async def test_this_process_serves_its_own_refresh_at_once(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("forced")
+    headers = await broker.api_key("tokens:read")
+    url = f"/v1/connections/{connection_id}/token"
+    old = (await broker.client.get(url, headers=headers)).json()["session_id"]
+    forced = await broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+    new = forced.json()["session_id"]
+    assert new != old
+    # No wait: the refresh replaced the cached session.
+    assert (await broker.client.get(url, headers=headers)).json()["session_id"] == new
+
+
+async def test_this_process_forgets_a_deleted_connection_at_once(broker: BrokerHarness) -> None:
+    connection_id = await broker.connect("gone")
+    headers = await broker.api_key("tokens:read", "connections:write")
+    url = f"/v1/connections/{connection_id}/token"
+    assert (await broker.client.get(url, headers=headers)).status_code == 200
+    deleted = await broker.client.delete(f"/v1/connections/{connection_id}", headers=headers)
+    assert deleted.status_code == 204
+    assert (await broker.client.get(url, headers=headers)).status_code == 404
+
+
+async def test_memory_stays_bounded(
+    clean_db: None, emulator: Emulator, settings_for: Callable[..., Settings]
+) -> None:
+    async with running_broker(settings_for(hot_cache_max_entries=2), emulator) as broker:
+        headers = await broker.api_key("tokens:read")
+        ids = [await broker.connect(f"user-{i}") for i in range(4)]
+        for connection_id in ids:
+            answer = await broker.client.get(
+                f"/v1/connections/{connection_id}/token", headers=headers
+            )
+            assert answer.status_code == 200
+        assert len(broker.app.state.runtime.broker._cache) == 2
+
+
+async def test_disabled_cache_reads_the_database_every_time(
+    clean_db: None, emulator: Emulator, settings_for: Callable[..., Settings]
+) -> None:
+    async with running_broker(settings_for(hot_cache_seconds=0), emulator) as broker:
+        connection_id = await broker.connect("uncached")
+        headers = await broker.api_key("tokens:read")
+        url = f"/v1/connections/{connection_id}/token"
+        assert (await broker.client.get(url, headers=headers)).status_code == 200
+        with counted_statements(broker) as statements:
+            assert (await broker.client.get(url, headers=headers)).status_code == 200
+        assert len(statements) == 2  # the API key, then the row
+
+
+# Across replicas -------------------------------------------------------------------
+
+
+async def _warm(client: httpx.AsyncClient, urls: list[str], path: str, key: str) -> str:
+    """Read ``path`` on every replica (filling their caches); the session they gave."""
+    sessions = set()
+    for base in urls:
+        answer = await client.get(f"{base}{path}", headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 200, answer.text
+        sessions.add(answer.json()["session_id"])
+    (session,) = sessions
+    return str(session)
+
+
+async def _statuses(client: httpx.AsyncClient, urls: list[str], path: str, key: str) -> list[int]:
+    headers = {"Authorization": f"Bearer {key}"}
+    return [(await client.get(f"{base}{path}", headers=headers)).status_code for base in urls]
+
+
+async def _two_replicas_with_a_warm_connection(
+    broker: BrokerHarness, urls: list[str], client: httpx.AsyncClient, *scopes: str
+) -> tuple[uuid.UUID, str, str, str]:
+    connection_id = await broker.connect("replicated")
+    made = await client.post(
+        f"{urls[0]}/v1/clients",
+        json={"name": "svc", "scopes": list(scopes)},
+        headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+    )
+    assert made.status_code == 201
+    key, client_id = made.json()["api_key"], made.json()["id"]
+    path = f"/v1/connections/{connection_id}/token"
+    await _warm(client, urls, path, key)
+    return connection_id, path, key, client_id
+
+
+async def test_revoked_key_stops_on_every_replica_within_a_second(
+    broker: BrokerHarness, database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        serve_processes(
+            2, database_url=database_url, settings=broker.settings, log_dir=tmp_path
+        ) as urls,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        _, path, key, client_id = await _two_replicas_with_a_warm_connection(
+            broker, urls, client, "tokens:read"
+        )
+        revoked = await client.delete(
+            f"{urls[0]}/v1/clients/{client_id}", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        )
+        assert revoked.status_code == 204
+        assert (await _statuses(client, urls[:1], path, key)) == [401]  # at once where revoked
+        await asyncio.sleep(CONTRACT_WAIT)
+        assert await _statuses(client, urls, path, key) == [401, 401]
+
+
+async def test_deleted_connection_stops_on_every_replica_within_a_second(
+    broker: BrokerHarness, database_url: str, tmp_path: Path
+) -> None:
+    async with (
+        serve_processes(
+            2, database_url=database_url, settings=broker.settings, log_dir=tmp_path
+        ) as urls,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        connection_id, path, key, _ = await _two_replicas_with_a_warm_connection(
+            broker, urls, client, "tokens:read", "connections:write"
+        )
+        deleted = await client.delete(
+            f"{urls[0]}/v1/connections/{connection_id}", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert deleted.status_code == 204
+        assert (await _statuses(client, urls[:1], path, key)) == [404]
+        await asyncio.sleep(CONTRACT_WAIT)
+        assert await _statuses(client, urls, path, key) == [404, 404]
+
+
+async def test_needs_reauth_stops_on_every_replica_within_a_second(
+    broker: BrokerHarness, database_url: str, tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    async with (
+        serve_processes(
+            2,
+            database_url=database_url,
+            settings=broker.settings,
+            log_dir=tmp_path,
+            # The connection was just made: without this the forced refresh
+            # would be debounced and never reach Workfront.
+            extra_env={"BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "0"},
+        ) as urls,
+        httpx.AsyncClient(timeout=10) as client,
+    ):
+        connection_id, path, key, _ = await _two_replicas_with_a_warm_connection(
+            broker, urls, client, "tokens:read"
+        )
+        user_id = await db.fetchval("SELECT user_id FROM connections WHERE id = $1", connection_id)
+        await broker.emulator.control.post("/__emulator/revoke", json={"user_id": user_id})
+        # Replica 0 learns of the revoked grant from a forced refresh.
+        forced = await client.post(
+            f"{urls[0]}/v1/connections/{connection_id}/refresh",
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert forced.status_code == 409
+        assert (await _statuses(client, urls[:1], path, key)) == [409]
+        await asyncio.sleep(CONTRACT_WAIT)
+        assert await _statuses(client, urls, path, key) == [409, 409]
