@@ -116,6 +116,12 @@ async def test_serve_writes_json_lines_with_context_and_no_secret(
         assert fetched.status_code == 200, fetched.text
         assert fetched.headers["x-request-id"] == "req-abc-123"
         secrets["session (fetched)"] = fetched.json()["session_id"]
+        # Again at once: the key is known now, so the fast path answers (before routing).
+        again = await client.get(
+            f"/v1/connections/{alice}/token", headers={**reader, "X-Request-ID": "req-fast-456"}
+        )
+        assert again.status_code == 200, again.text
+        assert again.headers["x-request-id"] == "req-fast-456"
         refreshed = await client.post(f"/v1/connections/{alice}/refresh", headers=reader)
         assert refreshed.status_code == 200, refreshed.text
         secrets["session (refreshed)"] = refreshed.json()["session_id"]
@@ -177,11 +183,12 @@ async def test_serve_writes_json_lines_with_context_and_no_secret(
     # A duration of this request, not of something else (a clock mix-up shows here).
     assert all(0 <= record["duration_ms"] < 60_000 for record in access)
 
-    (mine,) = [record for record in access if record["request_id"] == "req-abc-123"]
-    assert mine["path"] == "/v1/connections/{connection_id}/token"
-    assert mine["status"] == 200
-    assert mine["client_id"] == reader_id
-    assert mine["connection_id"] == alice
+    for request_id in ("req-abc-123", "req-fast-456"):  # routed, then the fast path
+        (mine,) = [record for record in access if record["request_id"] == request_id]
+        assert mine["path"] == "/v1/connections/{connection_id}/token"
+        assert mine["status"] == 200
+        assert mine["client_id"] == reader_id
+        assert mine["connection_id"] == alice
     # The failed refresh logs from its own task, still naming its connection.
     (revoked_line,) = [
         record
