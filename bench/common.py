@@ -216,8 +216,9 @@ class BrokerConfig:
                 "BROKER_ENCRYPTION_KEYS": self.encryption_keys,
                 "BROKER_ADMIN_API_KEY": ADMIN_KEY,
                 # Production default is INFO, which logs a line per request; the
-                # baseline logs nothing, so neither does the broker here.
-                "BROKER_LOG_LEVEL": "WARNING",
+                # baseline logs nothing, so neither does the broker here, unless
+                # BENCH_LOG_LEVEL=INFO asks what the access log costs.
+                "BROKER_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
                 **extra,
             }
         )

