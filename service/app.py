@@ -58,10 +58,16 @@ def create_app(settings: Settings) -> FastAPI:
             if settings.hot_cache_seconds > 0:
 
                 async def revalidate() -> bool:
-                    await asyncio.gather(
+                    # Both run to the end even if one fails; then the failure
+                    # is raised for run_rounds to log and back off on.
+                    results = await asyncio.gather(
                         runtime.authenticator.revalidate_cache(),
                         runtime.broker.revalidate_cache(),
+                        return_exceptions=True,
                     )
+                    for result in results:
+                        if isinstance(result, BaseException):
+                            raise result
                     return False
 
                 # Two or more rounds per cache lifetime (a round waits a

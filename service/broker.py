@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
 from service.config import Settings
-from service.crypto import TokenCipher, row_aad
+from service.crypto import DecryptionError, TokenCipher, row_aad
 from service.db import SessionFactory, read_all, read_one
 from service.hotcache import Entry, HotCache
 from service.logs import CONNECTION_ID
@@ -269,7 +269,12 @@ class Broker:
                 if version == seen.token_version and expires_at == seen.expires_at:
                     fresh = seen
                 else:
-                    fresh = self._issued_from(entry.key, sealed, expires_at, user_id, version)
+                    try:
+                        fresh = self._issued_from(entry.key, sealed, expires_at, user_id, version)
+                    except DecryptionError:
+                        # e.g. written under a key this replica lacks (a rollout
+                        # in progress): drop it; the request path reports it.
+                        log.warning("hot cache: session of %s unreadable; dropped", entry.key)
             self._cache.revalidated(entry, fresh, read_started=started, changes_seen=changes)
 
     def _next_refresh_at(self, expires_at: datetime) -> datetime:
@@ -628,8 +633,6 @@ class Broker:
                     row.customer_id = user.customer_id
                     if external_ref is not None:
                         row.external_ref = external_ref
-                    # The old session may be cached; the re-authorization replaced it.
-                    self._cache.local_change(row.id)
                     await record_event(
                         session,
                         "connection.reauthorized",
@@ -638,7 +641,11 @@ class Broker:
                     )
                     if recovered:
                         await self._row_event(session, webhooks.CONNECTION_RECOVERED, row)
-                    return row.id, False
+                    reauthorized = row.id
+                # The old session may be cached; the re-authorization replaced it.
+                # After the commit: a read before it would store the old session.
+                self._cache.local_change(reauthorized)
+                return reauthorized, False
             except IntegrityError:
                 # Two callbacks for one new user raced on the unique key: retry as an update.
                 continue

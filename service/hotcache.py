@@ -83,10 +83,14 @@ class HotCache(Generic[K, V]):
     def local_change(self, key: K | None = None) -> None:
         """This process changed ``key``'s row (or rows; None drops everything)."""
         self._changes += 1
+        # A shared read in flight began before the change: a caller arriving
+        # now must not join it and get the value this process just replaced.
         if key is None:
             self._entries.clear()
+            self._loading.clear()
         else:
             self._entries.pop(key, None)
+            self._loading.pop(key, None)
 
     def read_marker(self) -> tuple[float, int]:
         """Take before a read; pass to ``store`` after it."""

@@ -20,6 +20,7 @@ import httpx
 from sqlalchemy import event
 
 from service.config import Settings
+from service.hotcache import HotCache
 from service.schemas import TokenOut
 from tests.conftest import ADMIN_KEY, BrokerHarness, Emulator, running_broker
 from tests.processes import serve_processes
@@ -268,3 +269,27 @@ async def test_needs_reauth_stops_on_every_replica_within_a_second(
         assert (await _statuses(client, urls[:1], path, key)) == [409]
         await asyncio.sleep(CONTRACT_WAIT)
         assert await _statuses(client, urls, path, key) == [409, 409]
+
+
+async def test_a_read_begun_before_a_local_change_is_not_shared_after_it() -> None:
+    """A caller arriving after this process replaced a value must not join an older read."""
+    cache: HotCache[str, str] = HotCache(seconds=0.9, max_entries=10)
+    release = asyncio.Event()
+
+    async def old_read() -> str:
+        await release.wait()
+        return "read before the change"
+
+    async def new_read() -> str:
+        return "read after the change"
+
+    early = asyncio.create_task(cache.load("k", old_read))
+    await asyncio.sleep(0)  # the early read is under way
+    cache.local_change("k")  # e.g. a refresh this process just committed
+    try:
+        # Joining the early read would wait for it (forever here): bounded.
+        late = await asyncio.wait_for(cache.load("k", new_read), timeout=5)
+    finally:
+        release.set()
+    assert late == "read after the change"
+    assert await early == "read before the change"  # its own caller still gets an answer
