@@ -333,8 +333,8 @@ class Broker:
         pool slot or the row lock) is cancelled: its transaction rolls back and
         Workfront never saw it. One that has presented it holds the rotated
         token in memory until it commits, so it is waited for, as long as one
-        upstream call can take (httpx times connect and read separately, hence
-        twice), and only then cancelled.
+        upstream call can take (the Workfront client's ceiling, twice the
+        upstream timeout), and only then cancelled.
         """
         for flight in list(self._flights.values()):
             if flight.task not in self._presenting:

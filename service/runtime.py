@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,8 @@ from service.config import Settings, require_database_url
 from service.crypto import TokenCipher
 from service.db import SessionFactory, autocommit, make_engine, make_session_factory
 from service.stored_keys import StoredKeyCheck
-from service.workfront import WorkfrontClient, refresh_lanes
+from service.webhooks import make_webhook_client
+from service.workfront import WorkfrontClient
 
 
 def _project_root() -> Path:
@@ -65,12 +66,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         sessions = make_session_factory(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
-        async with WorkfrontClient.make_http_client(settings) as http, AsyncExitStack() as more:
-            lanes = [http] + [
-                await more.enter_async_context(WorkfrontClient.make_http_client(settings))
-                for _ in range(refresh_lanes(settings) - 1)
-            ]
-            workfront = WorkfrontClient(settings, http, refresh_clients=lanes)
+        async with (
+            make_webhook_client(settings) as http,
+            WorkfrontClient.open(settings) as workfront,
+        ):
             admin = settings.admin_api_key
             yield Runtime(
                 settings=settings,

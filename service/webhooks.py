@@ -91,6 +91,16 @@ async def enqueue(
     )
 
 
+def make_webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The HTTP client webhooks are posted with (one delivery at a time)."""
+    timeout = settings.upstream_timeout_seconds
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
+        follow_redirects=False,
+        headers={"User-Agent": "workfront-token-broker/0.1"},
+    )
+
+
 class WebhookDeliverer:
     def __init__(
         self, *, settings: Settings, sessions: SessionFactory, http: httpx.AsyncClient

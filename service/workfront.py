@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
+import json
 import logging
 import math
 import re
 import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-import httpx
+import aiohttp
 
 from service.config import Settings
 from service.metrics import UPSTREAM_LATENCY
@@ -94,7 +96,25 @@ def redact(text: str, *secrets: str | None) -> str:
     return text[:_MAX_DIAGNOSTIC_CHARS]
 
 
-def _names_invalid_client(response: httpx.Response) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """An upstream answer, read whole while its connection was held."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = field(repr=False)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body as JSON; ValueError when it is not (the stdlib parser: it
+        accepts what Workfront might send, NaN included, that stricter ones refuse)."""
+        return json.loads(self.body)
+
+
+def _names_invalid_client(response: _Answer) -> bool:
     """Whether an error answer says ``{"error": "invalid_client"}`` (RFC 6749 §5.2)."""
     try:
         payload = response.json()
@@ -108,7 +128,7 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def _retry_after(response: _Answer) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
         return None
@@ -118,50 +138,65 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-# Refreshes in flight per HTTP client. httpcore's pool scans every pooled
-# connection (and some pairs of them) on each request's start and end, so one
-# client's cost per request grows with its connection count; refreshes run in
-# parallel (refresher concurrency, up to half the database pool) are spread
-# over several clients of about this many connections each.
-REFRESHES_PER_CLIENT = 8
-
-
-def refresh_lanes(settings: Settings) -> int:
-    """How many HTTP clients refreshes are spread over (see REFRESHES_PER_CLIENT)."""
-    parallel = max(settings.refresher_concurrency, settings.db_pool_size // 2)
-    return max(1, -(-parallel // REFRESHES_PER_CLIENT))
-
-
 class WorkfrontClient:
-    def __init__(
-        self,
-        settings: Settings,
-        http: httpx.AsyncClient,
-        *,
-        refresh_clients: list[httpx.AsyncClient] | None = None,
-    ) -> None:
+    """Calls to the instance over one aiohttp session (see ``open``).
+
+    aiohttp rather than httpx, which the rest of the service uses: a refresh
+    is one small POST, and on the benchmark machine httpx spent 2.9-3.7 ms of
+    CPU per request against aiohttp's 0.4-0.6 ms (bench/http_clients.py), so
+    httpx alone could not keep one core refreshing 512 connections a second.
+    """
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         self._settings = settings
         self._http = http
-        self._lanes = refresh_clients or [http]
-        self._next_lane = itertools.cycle(range(len(self._lanes)))
         self._base = settings.workfront_url
         self._api = f"{self._base}/attask/api/{settings.workfront_api_version}"
+        self._token_url = f"{self._base}{TOKEN_PATH}"
+        secret = settings.client_secret.get_secret_value()
+        basic = base64.b64encode(f"{settings.client_id}:{secret}".encode()).decode()
+        # Built once: per-request auth objects cost more than the request.
+        self._basic_auth = {"Authorization": f"Basic {basic}"}
 
-    @staticmethod
-    def make_http_client(settings: Settings) -> httpx.AsyncClient:
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[WorkfrontClient]:
         timeout = settings.upstream_timeout_seconds
-        return httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
-            # Keep a connection alive for every refresh the refresher runs at
-            # once: beyond the keep-alive limit each refresh would open and
-            # close its own TCP (and in production TLS) connection.
-            limits=httpx.Limits(
-                max_connections=max(100, settings.refresher_concurrency + 16),
-                max_keepalive_connections=max(20, settings.refresher_concurrency + 8),
+        session = aiohttp.ClientSession(
+            # A hard ceiling on one call (Broker.drain waits this long for a
+            # refresh that presented its token), within it connect (pool wait
+            # included) and each read bounded separately.
+            timeout=aiohttp.ClientTimeout(
+                total=2 * timeout,
+                connect=timeout,
+                sock_connect=min(timeout, 5.0),
+                sock_read=timeout,
             ),
-            follow_redirects=False,
+            # Keep a connection alive for every refresh in flight: beyond the
+            # limit each refresh would open its own TCP (in production TLS)
+            # connection.
+            connector=aiohttp.TCPConnector(
+                limit=max(100, settings.refresher_concurrency + 16), limit_per_host=0
+            ),
+            # Never carry one user's Workfront cookies into another's call.
+            cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": "workfront-token-broker/0.1"},
         )
+        try:
+            yield cls(settings, session)
+        finally:
+            await session.close()
+
+    async def _call(self, method: str, url: str, *, what: str, **kwargs: Any) -> _Answer:
+        """One request, read whole; network failures and timeouts as TransientError."""
+        try:
+            async with self._http.request(method, url, allow_redirects=False, **kwargs) as response:
+                body = await response.read()
+                return _Answer(response.status, response.headers, body)
+        except TimeoutError:
+            raise TransientError(f"{what} timed out") from None
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{what} unreachable ({type(exc).__name__})") from None
 
     # Authorize ---------------------------------------------------------------
 
@@ -195,28 +230,22 @@ class WorkfrontClient:
             # The documented form-style refresh carries redirect_uri too.
             fields["redirect_uri"] = self._settings.redirect_uri
         return await self._token_request(
-            fields,
-            secret=refresh_token,
-            previous_refresh_token=refresh_token,
-            http=self._lanes[next(self._next_lane)],
+            fields, secret=refresh_token, previous_refresh_token=refresh_token
         )
 
     async def _token_request(
-        self,
-        fields: dict[str, str],
-        *,
-        secret: str,
-        previous_refresh_token: str | None,
-        http: httpx.AsyncClient | None = None,
+        self, fields: dict[str, str], *, secret: str, previous_refresh_token: str | None
     ) -> TokenSet:
-        http = http or self._http
         client_secret = self._settings.client_secret.get_secret_value()
-        url = f"{self._base}{TOKEN_PATH}"
         started = time.monotonic()
         try:
             if self._settings.token_auth == "basic_json":
-                response = await http.post(
-                    url, json=fields, auth=(self._settings.client_id, client_secret)
+                response = await self._call(
+                    "POST",
+                    self._token_url,
+                    what="token endpoint",
+                    data=json.dumps(fields).encode(),
+                    headers={**self._basic_auth, "Content-Type": "application/json"},
                 )
             else:
                 form = {
@@ -224,15 +253,13 @@ class WorkfrontClient:
                     "client_id": self._settings.client_id,
                     "client_secret": client_secret,
                 }
-                response = await http.post(url, data=form)
-        except httpx.TimeoutException:
-            raise TransientError("token endpoint timed out") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"token endpoint unreachable ({type(exc).__name__})") from None
+                response = await self._call(
+                    "POST", self._token_url, what="token endpoint", data=form
+                )
         finally:
             UPSTREAM_LATENCY.labels(call="token").observe(time.monotonic() - started)
 
-        status = response.status_code
+        status = response.status
         if status >= 500 or status in _TRANSIENT_STATUSES:
             raise TransientError(
                 f"token endpoint answered {status}",
@@ -300,15 +327,13 @@ class WorkfrontClient:
 
     async def get_user(self, access_token: str) -> WorkfrontUser:
         """Learn which user a sessionID belongs to (GET /attask/api/<version>/session)."""
-        try:
-            response = await self._http.get(
-                f"{self._api}/session", headers={"sessionID": access_token}
-            )
-        except httpx.TimeoutException:
-            raise TransientError("session lookup timed out") from None
-        except httpx.HTTPError as exc:
-            raise TransientError(f"session lookup failed ({type(exc).__name__})") from None
-        status = response.status_code
+        response = await self._call(
+            "GET",
+            f"{self._api}/session",
+            what="session lookup",
+            headers={"sessionID": access_token},
+        )
+        status = response.status
         if status == 401:
             raise SessionRejectedError("session lookup answered 401", status=status)
         if status != 200:
@@ -333,12 +358,10 @@ class WorkfrontClient:
     async def logout(self, access_token: str) -> bool:
         """End a session; best effort (Workfront has no OAuth revoke endpoint)."""
         try:
-            response = await self._http.get(
-                f"{self._api}/logout", headers={"sessionID": access_token}
+            response = await self._call(
+                "GET", f"{self._api}/logout", what="logout", headers={"sessionID": access_token}
             )
-        except httpx.HTTPError as exc:
-            log.info(
-                "logout call failed (%s); the session will lapse by itself", type(exc).__name__
-            )
+        except TransientError as exc:
+            log.info("%s; the session will lapse by itself", exc.detail)
             return False
-        return response.status_code == 200
+        return response.status == 200
