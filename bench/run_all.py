@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common import PLOTS, REPO, RESULTS, WRK
 
-SCRIPTS = ("token_read.py", "herd.py", "refresh_throughput.py", "scale.py")
+SCRIPTS = ("token_read.py", "herd.py", "refresh_throughput.py", "http_clients.py", "scale.py")
 
 
 def _machine() -> str:

@@ -7,9 +7,12 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger(__name__)
+# The refresh transaction runs on asyncpg itself (service.refresh_tx).
+_DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -33,7 +36,7 @@ async def run_rounds(
             # expected and logged briefly, anything else with its traceback.
             failures += 1
             delay = min(MAX_BACKOFF_SECONDS, poll_seconds * 2 ** min(failures, 16))
-            if isinstance(exc, SQLAlchemyError | OSError):
+            if isinstance(exc, _DATABASE_ERRORS):
                 log.warning(
                     "%s: database unavailable (%s), retry in %.0fs",
                     name,

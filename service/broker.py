@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import UUID, insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
@@ -46,12 +47,12 @@ from service.logs import CONNECTION_ID
 from service.metrics import HOT_CACHE_READS, REFRESHES
 from service.models import (
     STATUS_ACTIVE,
-    STATUS_NEEDS_REAUTH,
     Authorization,
     Connection,
     ConnectSession,
     Event,
 )
+from service.refresh_tx import LOCK_NOT_AVAILABLE, LockedRow, RefreshTransaction, locked_row
 from service.workfront import (
     GrantRevokedError,
     TokenSet,
@@ -66,7 +67,6 @@ ACCESS = "access_token"
 REFRESH = "refresh_token"
 
 
-LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
 _VERSION_READ = select(Connection.token_version, Connection.last_refreshed_at, func.now()).where(
     Connection.id == bindparam("connection_id")
 )
@@ -186,11 +186,11 @@ class Broker:
     def _seal(self, connection_id: uuid.UUID, column: str, value: str) -> str:
         return self._cipher.encrypt(value, aad=row_aad("connections", connection_id, column))
 
-    def _open(self, row: Connection, column: str) -> str:
+    def _open(self, row: Connection | LockedRow, column: str) -> str:
         stored = row.access_token_enc if column == ACCESS else row.refresh_token_enc
         return self._cipher.decrypt(stored, aad=row_aad("connections", row.id, column))
 
-    def _issued(self, row: Connection) -> IssuedToken:
+    def _issued(self, row: Connection | LockedRow) -> IssuedToken:
         return IssuedToken(
             connection_id=row.id,
             session_id=self._open(row, ACCESS),
@@ -420,104 +420,123 @@ class Broker:
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
-        async with self._sessions() as session, session.begin():
-            # lock_timeout: how long to wait for another replica's refresh.
-            # idle_in_transaction_session_timeout off: the transaction idles
-            # while Workfront answers; a server-side idle timeout would end it
-            # and free the row lock mid-refresh, letting another replica present
-            # the same refresh token. One round trip for both (set_config with
-            # is_local = SET LOCAL): under a herd every round trip waits a turn
-            # of a busy event loop.
-            await session.execute(
-                text(
-                    "SELECT set_config('lock_timeout', :lock_timeout, true),"
-                    " set_config('idle_in_transaction_session_timeout', '0', true)"
-                ),
-                {"lock_timeout": f"{lock_timeout_ms}ms"},
-            )
-            try:
-                row = await session.scalar(
-                    select(Connection)
-                    .where(Connection.id == connection_id)
-                    .with_for_update()
-                    .execution_options(populate_existing=True)
-                )
-            except DBAPIError as exc:
-                if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
-                    raise
-                raise UpstreamUnavailable(
-                    "another refresh of this connection is still running", retry_after=5
-                ) from None
-            if row is None:
-                raise ConnectionNotFound
-            if row.status != STATUS_ACTIVE:
-                raise NeedsReauth
-            remaining = row.expires_at - _now()
-            if row.token_version != seen_version:
-                # Another caller (maybe in another process) refreshed while we waited.
-                return self._issued(row)
-            if not forced and remaining >= timedelta(seconds=min_ttl):
-                return self._issued(row)
-            retry_at = row.next_refresh_at
-            if (
-                not forced
-                and row.last_error_class == "transient"
-                and retry_at is not None
-                and retry_at > _now()
+        try:
+            async with locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
+                tx,
+                row,
             ):
-                # A recent transient failure set when to try again (Retry-After
-                # included); callers wanting more time do not hammer Workfront.
-                if remaining > timedelta(0):
-                    return self._issued(row)
-                wait = (retry_at - _now()).total_seconds()
-                raise UpstreamUnavailable("backing off after a transient failure", wait)
+                outcome = await self._refresh_row(
+                    tx, row, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != LOCK_NOT_AVAILABLE:
+                raise
+            raise UpstreamUnavailable(
+                "another refresh of this connection is still running", retry_after=5
+            ) from None
+        # A failure is raised only now, after its bookkeeping was committed.
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-            refresh_token = self._open(row, REFRESH)
-            # No await between here and the upstream call: drain() cancels a
-            # refresh only while it is outside this set, so before Workfront
-            # can have seen the token.
-            presenting = asyncio.current_task()
-            if presenting is not None:
-                self._presenting.add(presenting)
-                presenting.add_done_callback(self._presenting.discard)
-            try:
-                tokens = await self._workfront.refresh(refresh_token)
-            except GrantRevokedError as exc:
-                self._mark_needs_reauth(row, exc.detail)
-                await record_event(
-                    session, "refresh.failed", connection_id=row.id, reason="grant_revoked"
-                )
-                await self._row_event(
-                    session, webhooks.CONNECTION_NEEDS_REAUTH, row, reason="grant_revoked"
-                )
-                log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
-                # Committed when the block exits; the exception leaves after that.
-                failure: Exception = NeedsReauth()
-                REFRESHES.labels(outcome="revoked").inc()
-            except TransientError as exc:
-                row.refresh_failures += 1
-                row.last_error = f"transient: {exc.detail}"
-                row.last_error_class = "transient"
-                row.next_refresh_at = self._retry_at(row.refresh_failures, exc.retry_after)
-                await record_event(
-                    session,
-                    "refresh.failed",
-                    connection_id=row.id,
-                    reason="transient",
-                    detail=exc.detail,
-                )
-                log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
-                REFRESHES.labels(outcome="transient").inc()
-                if not forced and remaining > timedelta(0):
-                    # Keep serving the current session while it is still valid.
-                    return self._issued(row)
-                failure = UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
-            else:
-                self._store_tokens(row, tokens)
-                await record_event(session, "refresh.succeeded", connection_id=row.id)
-                REFRESHES.labels(outcome="ok").inc()
+    async def _refresh_row(
+        self,
+        tx: RefreshTransaction,
+        row: LockedRow | None,
+        *,
+        seen_version: int,
+        min_ttl: int,
+        forced: bool,
+    ) -> IssuedToken | Exception:
+        """Under the row lock: refresh when still needed; the session to hand out,
+        or the failure to raise once its bookkeeping is committed."""
+        if row is None:
+            raise ConnectionNotFound
+        if row.status != STATUS_ACTIVE:
+            raise NeedsReauth
+        remaining = row.expires_at - _now()
+        if row.token_version != seen_version:
+            # Another caller (maybe in another process) refreshed while we waited.
+            return self._issued(row)
+        if not forced and remaining >= timedelta(seconds=min_ttl):
+            return self._issued(row)
+        retry_at = row.next_refresh_at
+        if (
+            not forced
+            and row.last_error_class == "transient"
+            and retry_at is not None
+            and retry_at > _now()
+        ):
+            # A recent transient failure set when to try again (Retry-After
+            # included); callers wanting more time do not hammer Workfront.
+            if remaining > timedelta(0):
                 return self._issued(row)
-        raise failure
+            wait = (retry_at - _now()).total_seconds()
+            raise UpstreamUnavailable("backing off after a transient failure", wait)
+
+        refresh_token = self._open(row, REFRESH)
+        # No await between here and the upstream call: drain() cancels a
+        # refresh only while it is outside this set, so before Workfront
+        # can have seen the token.
+        presenting = asyncio.current_task()
+        if presenting is not None:
+            self._presenting.add(presenting)
+            presenting.add_done_callback(self._presenting.discard)
+        try:
+            tokens = await self._workfront.refresh(refresh_token)
+        except GrantRevokedError as exc:
+            now = _now()
+            reason = {"reason": "grant_revoked"}
+            await tx.mark_needs_reauth(
+                row.id,
+                error=f"grant_revoked: {exc.detail}",
+                now=now,
+                lifecycle_event=webhooks.CONNECTION_NEEDS_REAUTH,
+                lifecycle_detail=reason,
+                webhook_payload=webhooks.payload(
+                    webhooks.CONNECTION_NEEDS_REAUTH,
+                    now,
+                    connection_id=row.id,
+                    user_id=row.user_id,
+                    external_ref=row.external_ref,
+                    **reason,
+                )
+                if self._settings.webhook_url is not None
+                else None,
+            )
+            log.warning("connection %s needs re-authorization: %s", row.id, exc.detail)
+            REFRESHES.labels(outcome="revoked").inc()
+            return NeedsReauth()
+        except TransientError as exc:
+            await tx.record_transient(
+                row.id,
+                error=f"transient: {exc.detail}",
+                retry_at=self._retry_at(row.refresh_failures + 1, exc.retry_after),
+                detail=exc.detail,
+            )
+            log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
+            REFRESHES.labels(outcome="transient").inc()
+            if not forced and remaining > timedelta(0):
+                # Keep serving the current session while it is still valid.
+                return self._issued(row)
+            return UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
+        await tx.store_tokens(
+            row.id,
+            access_token_enc=self._seal(row.id, ACCESS, tokens.access_token),
+            refresh_token_enc=self._seal(row.id, REFRESH, tokens.refresh_token),
+            expires_at=tokens.expires_at,
+            next_refresh_at=self._next_refresh_at(tokens.expires_at),
+            now=_now(),
+            wid=tokens.wid or None,
+        )
+        REFRESHES.labels(outcome="ok").inc()
+        return IssuedToken(
+            connection_id=row.id,
+            session_id=tokens.access_token,
+            expires_at=tokens.expires_at,
+            user_id=row.user_id,
+            token_version=row.token_version + 1,
+        )
 
     async def _connection_event(
         self,
@@ -578,15 +597,6 @@ class Broker:
         row.last_error_class = None
         if tokens.wid:
             row.wid = tokens.wid
-
-    @staticmethod
-    def _mark_needs_reauth(row: Connection, detail: str) -> None:
-        row.status = STATUS_NEEDS_REAUTH
-        row.refresh_failures += 1
-        row.last_error = f"grant_revoked: {detail}"
-        row.last_error_class = "grant_revoked"
-        row.next_refresh_at = None
-        row.updated_at = _now()
 
     # Connecting and disconnecting ------------------------------------------------
 

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,13 +28,18 @@ _OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")
 
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an exception means PostgreSQL is unreachable (answer 503), not a bug (500)."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
+    if isinstance(
+        exc, OperationalError | InterfaceError | PoolTimeoutError | OSError | asyncpg.InterfaceError
+    ):
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
         return sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES)
+    if isinstance(exc, asyncpg.PostgresError):
+        # Raised by the refresh transaction, which runs on the driver itself.
+        return (exc.sqlstate or "").startswith(_OUTAGE_SQLSTATE_PREFIXES)
     return False
 
 
@@ -180,7 +186,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     # Registered for the broad classes: Starlette picks the most specific
     # handler, and these run before the server's bare 500.
-    for error_class in (DBAPIError, OSError, PoolTimeoutError, Exception):
+    for error_class in (
+        DBAPIError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        OSError,
+        PoolTimeoutError,
+        Exception,
+    ):
         app.add_exception_handler(error_class, _unexpected)
 
     @app.exception_handler(StarletteHTTPException)

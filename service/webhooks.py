@@ -63,6 +63,17 @@ _CLAIM = text(
 )
 
 
+def payload(
+    event_type: str, now: datetime, *, connection_id: uuid.UUID, user_id: str, **data: Any
+) -> dict[str, Any]:
+    """The JSON body of a webhook message."""
+    return {
+        "type": event_type,
+        "timestamp": now.isoformat(),
+        "data": {"connection_id": str(connection_id), "user_id": user_id, **data},
+    }
+
+
 async def enqueue(
     session: AsyncSession,
     settings: Settings,
@@ -80,11 +91,7 @@ async def enqueue(
         WebhookMessage(
             id=uuid.uuid4(),
             event_type=event_type,
-            payload={
-                "type": event_type,
-                "timestamp": now.isoformat(),
-                "data": {"connection_id": str(connection_id), "user_id": user_id, **data},
-            },
+            payload=payload(event_type, now, connection_id=connection_id, user_id=user_id, **data),
             next_attempt_at=now,
             attempts=0,
         )

@@ -1,0 +1,134 @@
+"""The refresh transaction runs on the driver under SQLAlchemy's pool
+(service.refresh_tx): whatever ends it, no pooled connection is left inside
+an open transaction holding a row lock, and the next refresh works."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from service.config import Settings
+from tests.conftest import BrokerHarness, Emulator, asyncpg_dsn, running_broker
+
+_OPEN_TRANSACTIONS = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND state LIKE 'idle in transaction%'
+"""
+
+
+@asynccontextmanager
+async def _row_locked_elsewhere(database_url: str, connection_id: uuid.UUID) -> AsyncIterator[None]:
+    """Another replica stuck mid-refresh of this connection."""
+    _, kwargs = asyncpg_dsn(database_url)
+    holder = await asyncpg.connect(**kwargs)
+    try:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
+            )
+            yield
+    finally:
+        await holder.close()
+
+
+async def _refresh(broker: BrokerHarness, connection_id: uuid.UUID, headers: dict[str, str]) -> int:
+    response = await broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+    return response.status_code
+
+
+async def _row_lockable(db: asyncpg.Connection, connection_id: uuid.UUID) -> bool:
+    async with db.transaction():
+        locked = await db.fetchval(
+            "SELECT id FROM connections WHERE id = $1 FOR UPDATE SKIP LOCKED", connection_id
+        )
+    return locked is not None
+
+
+async def test_lock_timeout_rolls_back_and_the_pool_stays_clean(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    # A pool of 2: a connection left in its transaction would soon be reused.
+    settings = settings_for(lock_timeout_seconds=0.3, db_pool_size=2)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        async with _row_locked_elsewhere(database_url, connection_id):
+            assert await _refresh(broker, connection_id, headers) == 503
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+        for _ in range(4):
+            assert await _refresh(broker, connection_id, headers) == 200
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+        assert await _row_lockable(db, connection_id)
+        assert await emulator.presented_twice() == []
+
+
+async def test_refresh_cancelled_while_waiting_for_the_lock_frees_everything(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    settings = settings_for(lock_timeout_seconds=30, db_pool_size=2)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        core = broker.app.state.runtime.broker
+        async with _row_locked_elsewhere(database_url, connection_id):
+            waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+            while connection_id not in core._flights:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # in the lock wait now
+            # Shutdown cancels refreshes that have not presented a token yet.
+            await core.drain()
+            # In process the caller sees the cancellation (a served request
+            # would answer 503 shutting-down, tests/test_shutdown.py).
+            await asyncio.wait([waiting])
+            assert waiting.cancelled()
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+        assert await _row_lockable(db, connection_id)
+        assert [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"] == []
+        for _ in range(3):
+            assert await _refresh(broker, connection_id, headers) == 200
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+
+
+async def test_connection_deleted_during_the_lock_wait_is_404_and_rolls_back(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    settings = settings_for(lock_timeout_seconds=30, db_pool_size=2)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        other = await broker.connect("bob")
+        headers = await broker.api_key("tokens:read")
+        core = broker.app.state.runtime.broker
+        _, kwargs = asyncpg_dsn(database_url)
+        deleter = await asyncpg.connect(**kwargs)
+        try:
+            async with deleter.transaction():
+                await deleter.execute("DELETE FROM connections WHERE id = $1", connection_id)
+                # The refresh read the row's version already and now waits for its lock.
+                waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+                while connection_id not in core._flights:
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.2)
+        finally:
+            await deleter.close()
+        assert await waiting == 404
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+        for _ in range(3):
+            assert await _refresh(broker, other, headers) == 200
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
