@@ -30,7 +30,9 @@ from common import (
     cpu_seconds,
     fresh_database,
     header,
+    machine_busy_seconds,
     pg,
+    postgres_cpu_seconds,
     seed_connections,
     start_emulator,
     stopping,
@@ -53,7 +55,12 @@ def _refresher_env(concurrency: int) -> dict[str, str]:
 
 
 async def _run(
-    config: BrokerConfig, control: httpx.AsyncClient, replicas: int, concurrency: int, version: int
+    config: BrokerConfig,
+    control: httpx.AsyncClient,
+    emulator_pid: int,
+    replicas: int,
+    concurrency: int,
+    version: int,
 ) -> tuple[float, float, bool, str]:
     """Make every row due, start the replicas, wait until all are refreshed.
 
@@ -71,6 +78,14 @@ async def _run(
                 )
             )
             cpu_before = sum(cpu_seconds(proc.pid) for proc in procs)
+            # Where the machine's cores went meanwhile (the emulator stands in
+            # for Workfront, which in production runs elsewhere).
+            others_before = (
+                cpu_seconds(emulator_pid),
+                postgres_cpu_seconds(),
+                machine_busy_seconds(),
+                time.monotonic(),
+            )
             while True:
                 left = await conn.fetchval(
                     "SELECT count(*) FROM connections WHERE token_version < $1", version
@@ -81,6 +96,19 @@ async def _run(
                     raise RuntimeError(f"{left} connections still not refreshed after 900 s")
                 await asyncio.sleep(0.2)
             cpu_used = sum(cpu_seconds(proc.pid) for proc in procs) - cpu_before
+            emulator_cpu, postgres_cpu, busy, wall = (
+                now - before
+                for now, before in zip(
+                    (
+                        cpu_seconds(emulator_pid),
+                        postgres_cpu_seconds(),
+                        machine_busy_seconds(),
+                        time.monotonic(),
+                    ),
+                    others_before,
+                    strict=True,
+                )
+            )
             upstream = [0.0, 0.0]  # seconds, calls: the token call as the broker saw it
             async with httpx.AsyncClient() as client:
                 for proc in procs:
@@ -114,7 +142,9 @@ async def _run(
         f" {upstream[0] * 1000 / max(1.0, upstream[1]):.1f} ms mean as the broker saw it; "
         f"{len(refreshes)} upstream refreshes for {DUE} rows, versions "
         f"{sorted((row[0], row[1]) for row in versions)}, refresh tokens presented twice:"
-        f" {len(reuse)}"
+        f" {len(reuse)}; cores busy {busy / wall:.2f} of {os.cpu_count()}: broker"
+        f" {cpu_used / wall:.2f}, emulator {emulator_cpu / wall:.2f}, PostgreSQL"
+        f" {postgres_cpu / wall:.2f}"
     )
     return rate, seconds, exactly_once, detail
 
@@ -166,7 +196,7 @@ async def main() -> None:
                 for concurrency in CONCURRENCIES:
                     version += 1
                     rate, seconds, once, detail = await _run(
-                        config, control, 1, concurrency, version
+                        config, control, emulator.pid, 1, concurrency, version
                     )
                     points.append((concurrency, rate))
                     bound = concurrency / (UPSTREAM_MS / 1000)
@@ -187,10 +217,12 @@ async def main() -> None:
                 single = dict(points).get(REPLICA_C)
                 if single is None:
                     version += 1
-                    single, _, _, _ = await _run(config, control, 1, REPLICA_C, version)
+                    single, _, _, _ = await _run(
+                        config, control, emulator.pid, 1, REPLICA_C, version
+                    )
                 version += 1
                 rate3, seconds, once, detail = await _run(
-                    config, control, REPLICAS, REPLICA_C, version
+                    config, control, emulator.pid, REPLICAS, REPLICA_C, version
                 )
             print(f"{REPLICAS} replicas, C={REPLICA_C} each: {rate3:.0f} refreshes/s; {detail}")
             bound3 = REPLICAS * REPLICA_C / (UPSTREAM_MS / 1000)

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -70,16 +71,28 @@ class Refresher:
         self._lease_seconds = max(
             60.0, settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds
         )
-        self._slots = asyncio.Semaphore(settings.refresher_concurrency)
-        self._pending: set[asyncio.Task[None]] = set()
+        # Claimed connections waiting for a worker; refresher_concurrency
+        # workers take them one at a time.
+        self._queue: asyncio.Queue[Claim] = asyncio.Queue()
+        self._busy = 0  # workers in a refresh
+        self._changed = asyncio.Event()  # a worker took a claim or finished one
         self._gauges_at = 0.0
 
     async def run(self) -> None:
-        """Loop until cancelled; a full batch goes straight on to the next round."""
+        """Loop until cancelled; a full batch goes straight on to the next round.
+
+        Long-lived workers rather than a task per claim: a refresh then starts
+        the moment one ends, without a task to create or a semaphore to hand
+        over (each a turn of a busy event loop).
+        """
 
         async def round_() -> bool:
             return await self.run_once() >= self._settings.refresher_batch_size
 
+        workers = [
+            asyncio.create_task(self._work(), name="refresher-worker")
+            for _ in range(self._settings.refresher_concurrency)
+        ]
         try:
             await run_rounds(
                 "refresher", round_, poll_seconds=self._settings.refresher_poll_seconds
@@ -87,38 +100,50 @@ class Refresher:
         finally:
             # Claimed but not started: they come back when their lease ends.
             # Started ones are shielded in the broker and drained at shutdown.
-            for task in self._pending:
-                task.cancel()
+            for worker in workers:
+                worker.cancel()
 
     async def run_once(self) -> int:
-        """One round: claim due connections and start refreshing them; returns how many
-        were claimed.
+        """One round: claim due connections and queue them; returns how many were claimed.
 
-        Returns once every claimed refresh has a slot, not once they are all
-        done: the next batch is claimed while this one's last refreshes are in
-        flight, so the slots never idle waiting for a batch's slowest refresh
-        (with a batch of 100 and 64 slots, waiting would leave 28 % idle).
-        Claimed refreshes waiting for a slot are at most one batch.
+        Returns once the queue is down to one claim per worker, not once the
+        claims are done: the next batch is claimed while these are refreshed,
+        so workers never idle waiting for a claim round.
         """
         claims = await self._claim()
         now = datetime.now(UTC)
         for claim in claims:
             REFRESHER_LAG.observe(max(0.0, (now - claim.due_at).total_seconds()))
-            task = asyncio.create_task(self._refresh(claim), name="refresher-refresh")
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-        while len(self._pending) > self._settings.refresher_concurrency:
-            await asyncio.wait(self._pending, return_when=asyncio.FIRST_COMPLETED)
-        if not claims:
+            self._queue.put_nowait(claim)
+        if claims:
+            await self._wait_until(
+                lambda: self._queue.qsize() <= self._settings.refresher_concurrency
+            )
+        else:
             # Idle round: let the last refreshes land before the gauges are read.
-            while self._pending:
-                await asyncio.wait(self._pending)
+            await self._wait_until(lambda: self._queue.empty() and self._busy == 0)
         # At most once a second: a GROUP BY over every connection per batch
         # would cost a busy refresher more than its claims.
         if time.monotonic() - self._gauges_at >= 1.0:
             self._gauges_at = time.monotonic()
             await self._update_gauges()
         return len(claims)
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _work(self) -> None:
+        while True:
+            claim = await self._queue.get()
+            self._busy += 1
+            self._changed.set()
+            try:
+                await self._refresh(claim)
+            finally:
+                self._busy -= 1
+                self._changed.set()
 
     async def _claim(self) -> list[Claim]:
         async with self._sessions() as session, session.begin():
@@ -129,17 +154,16 @@ class Refresher:
             return [Claim(row.id, row.token_version, row.due_at) for row in rows]
 
     async def _refresh(self, claim: Claim) -> None:
-        CONNECTION_ID.set(str(claim.connection_id))  # run_once gave this its own task
-        async with self._slots:
-            try:
-                await self._broker.refresh_claimed(
-                    claim.connection_id, seen_version=claim.token_version
-                )
-            except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):
-                pass  # recorded on the row by the broker; the schedule says what next
-            except Exception:
-                # One bad row must not stop the round; its lease brings it back.
-                log.exception("refresher: refreshing %s failed", claim.connection_id)
+        CONNECTION_ID.set(str(claim.connection_id))  # each worker is its own task
+        try:
+            await self._broker.refresh_claimed(
+                claim.connection_id, seen_version=claim.token_version
+            )
+        except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):
+            pass  # recorded on the row by the broker; the schedule says what next
+        except Exception:
+            # One bad row must not stop the worker; its lease brings it back.
+            log.exception("refresher: refreshing %s failed", claim.connection_id)
 
     async def _update_gauges(self) -> None:
         async with self._sessions() as session:
