@@ -96,6 +96,9 @@ class _Flight:
     task: asyncio.Task[IssuedToken]
     seen_version: int
     forced: bool
+    # Done once Workfront has answered, or the refresh ended without asking it;
+    # what may remain is storing the answer (see refresh_claimed).
+    answered: asyncio.Future[None]
 
 
 class ConnectionNotFound(Exception):
@@ -155,6 +158,11 @@ async def record_event(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _resolve(answered: asyncio.Future[None]) -> None:
+    if not answered.done():
+        answered.set_result(None)
 
 
 class Broker:
@@ -323,8 +331,29 @@ class Broker:
         )
 
     async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
-        """The refresher's call: refresh unless someone did since the claim read the row."""
-        await self._join_flight(connection_id, seen_version=seen_version, min_ttl=0, forced=True)
+        """The refresher's call: refresh unless someone did since the claim read the row.
+
+        Returns once Workfront has answered, not once the answer is stored: the
+        refresher's concurrency bounds the refreshes on their way to Workfront,
+        while storing (a statement and the durable commit) finishes in the
+        flight, which still holds the row lock and its share of the pool, and
+        which drain() waits for like any other. Its failure is logged here.
+        """
+        flight = await self._flight(
+            connection_id, seen_version=seen_version, min_ttl=0, forced=True
+        )
+
+        def log_failure(task: asyncio.Task[IssuedToken]) -> None:
+            if task.cancelled():
+                return
+            exc = task.exception()
+            if exc is not None and not isinstance(
+                exc, ConnectionNotFound | NeedsReauth | UpstreamUnavailable
+            ):
+                log.error("refresher: refreshing %s failed", connection_id, exc_info=exc)
+
+        flight.task.add_done_callback(log_failure)
+        await asyncio.shield(flight.answered)
 
     async def drain(self) -> None:
         """Shut down refreshes in flight without losing a refresh token, in bounded time.
@@ -370,22 +399,36 @@ class Broker:
     async def _join_flight(
         self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
     ) -> IssuedToken:
+        flight = await self._flight(
+            connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+        )
         # shield: a caller that goes away must not cancel a refresh in progress.
+        return await asyncio.shield(flight.task)
+
+    async def _flight(
+        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+    ) -> _Flight:
+        """The refresh of this connection to join: the one in progress, or a new one."""
         while (flight := self._flights.get(connection_id)) is not None:
             if not forced or (flight.forced and flight.seen_version >= seen_version):
-                return await asyncio.shield(flight.task)
+                return flight
             # A forced caller saw its session rejected; a flight that may not go
             # upstream (not forced) or that started from an older version could
             # hand that very session back. Let it finish, then refresh anew.
             with contextlib.suppress(Exception):
                 await asyncio.shield(flight.task)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
             self._refresh_locked(
-                connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                connection_id,
+                seen_version=seen_version,
+                min_ttl=min_ttl,
+                forced=forced,
+                answered=answered,
             ),
             name=f"refresh-{connection_id}",
         )
-        flight = _Flight(task=task, seen_version=seen_version, forced=forced)
+        flight = _Flight(task=task, seen_version=seen_version, forced=forced, answered=answered)
         self._flights[connection_id] = flight
 
         def forget(_: asyncio.Task[IssuedToken], current: _Flight = flight) -> None:
@@ -393,31 +436,50 @@ class Broker:
                 del self._flights[connection_id]
 
         task.add_done_callback(forget)
-        return await asyncio.shield(task)
+        return flight
 
     async def _refresh_locked(
-        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+        self,
+        connection_id: uuid.UUID,
+        *,
+        seen_version: int,
+        min_ttl: int,
+        forced: bool,
+        answered: asyncio.Future[None],
     ) -> IssuedToken:
-        # Its own task (see _join_flight), so this names the connection in the
+        # Its own task (see _flight), so this names the connection in the
         # log lines of this refresh only.
         CONNECTION_ID.set(str(connection_id))
-        # A refresh holds a pooled connection across the lock wait and the
-        # upstream call; at most half the pool does, so token reads of live
-        # sessions keep working while Workfront is slow.
-        async with self._refresh_slots:
-            try:
-                issued = await self._refresh_under_lock(
-                    connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
-                )
-            except (ConnectionNotFound, NeedsReauth):
-                self._cache.local_change(connection_id)
-                raise
+        try:
+            # A refresh holds a pooled connection across the lock wait and the
+            # upstream call; at most half the pool does, so token reads of live
+            # sessions keep working while Workfront is slow.
+            async with self._refresh_slots:
+                try:
+                    issued = await self._refresh_under_lock(
+                        connection_id,
+                        seen_version=seen_version,
+                        min_ttl=min_ttl,
+                        forced=forced,
+                        answered=answered,
+                    )
+                except (ConnectionNotFound, NeedsReauth):
+                    self._cache.local_change(connection_id)
+                    raise
+        finally:
+            _resolve(answered)
         # Here, not in the callers: this task runs on when every caller left.
         self._cache.replace(connection_id, issued)
         return issued
 
     async def _refresh_under_lock(
-        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
+        self,
+        connection_id: uuid.UUID,
+        *,
+        seen_version: int,
+        min_ttl: int,
+        forced: bool,
+        answered: asyncio.Future[None],
     ) -> IssuedToken:
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
         try:
@@ -426,7 +488,12 @@ class Broker:
                 row,
             ):
                 outcome = await self._refresh_row(
-                    tx, row, seen_version=seen_version, min_ttl=min_ttl, forced=forced
+                    tx,
+                    row,
+                    seen_version=seen_version,
+                    min_ttl=min_ttl,
+                    forced=forced,
+                    answered=answered,
                 )
         except asyncpg.PostgresError as exc:
             if exc.sqlstate != LOCK_NOT_AVAILABLE:
@@ -447,6 +514,7 @@ class Broker:
         seen_version: int,
         min_ttl: int,
         forced: bool,
+        answered: asyncio.Future[None],
     ) -> IssuedToken | Exception:
         """Under the row lock: refresh when still needed; the session to hand out,
         or the failure to raise once its bookkeeping is committed."""
@@ -485,6 +553,7 @@ class Broker:
         try:
             tokens = await self._workfront.refresh(refresh_token)
         except GrantRevokedError as exc:
+            _resolve(answered)
             now = _now()
             reason = {"reason": "grant_revoked"}
             await tx.mark_needs_reauth(
@@ -508,6 +577,7 @@ class Broker:
             REFRESHES.labels(outcome="revoked").inc()
             return NeedsReauth()
         except TransientError as exc:
+            _resolve(answered)
             await tx.record_transient(
                 row.id,
                 error=f"transient: {exc.detail}",
@@ -520,6 +590,7 @@ class Broker:
                 # Keep serving the current session while it is still valid.
                 return self._issued(row)
             return UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
+        _resolve(answered)
         await tx.store_tokens(
             row.id,
             access_token_enc=self._seal(row.id, ACCESS, tokens.access_token),
