@@ -5,7 +5,8 @@ Rules this module keeps:
 * Refreshes of one connection are serialized across every process by a
   ``SELECT … FOR UPDATE`` on its row, held across the upstream call. A waiter
   re-reads the row under the lock and skips the upstream call when the
-  ``token_version`` moved (someone else refreshed meanwhile).
+  ``token_version`` moved (someone else refreshed meanwhile). That
+  transaction is service.refresh_tx (on the driver: the busiest write).
 * Inside one process, concurrent callers share one refresh (single-flight),
   and that refresh is shielded from the callers' cancellation: abandoning a
   refresh between Workfront's answer and our commit would lose a rotated token.
