@@ -24,7 +24,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
@@ -53,7 +51,7 @@ from service.models import (
     ConnectSession,
     Event,
 )
-from service.refresh_tx import LOCK_NOT_AVAILABLE, LockedRow, RefreshTransaction, locked_row
+from service.refresh_tx import LockedRow, RefreshTransaction, RowLockTimeout, locked_row
 from service.workfront import (
     GrantRevokedError,
     TokenSet,
@@ -416,8 +414,16 @@ class Broker:
             # A forced caller saw its session rejected; a flight that may not go
             # upstream (not forced) or that started from an older version could
             # hand that very session back. Let it finish, then refresh anew.
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                # That flight was cancelled (drain); this caller was not, unless
+                # its own task is being cancelled.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:  # noqa: S110 - its own callers hear of it
+                pass
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
             self._refresh_locked(
@@ -437,6 +443,8 @@ class Broker:
                 del self._flights[connection_id]
 
         task.add_done_callback(forget)
+        # Also when the task is cancelled before it ever ran.
+        task.add_done_callback(lambda _: _resolve(answered))
         return flight
 
     async def _refresh_locked(
@@ -496,9 +504,7 @@ class Broker:
                     forced=forced,
                     answered=answered,
                 )
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate != LOCK_NOT_AVAILABLE:
-                raise
+        except RowLockTimeout:
             raise UpstreamUnavailable(
                 "another refresh of this connection is still running", retry_after=5
             ) from None

@@ -28,10 +28,12 @@ _OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")
 
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an exception means PostgreSQL is unreachable (answer 503), not a bug (500)."""
-    if isinstance(
-        exc, OperationalError | InterfaceError | PoolTimeoutError | OSError | asyncpg.InterfaceError
-    ):
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
         return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        # Not its client-side errors (DataError, ClientConfigurationError, both
+        # ValueErrors): a bad query argument is a bug, not an outage.
+        return not isinstance(exc, ValueError)
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True

@@ -18,6 +18,7 @@ service.models; the refresh tests run them against the migrated schema.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,16 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
+
+
+class RowLockTimeout(Exception):
+    """Waiting for the row's lock (another refresh of it) took longer than lock_timeout.
+
+    Only the lock wait: a lock timeout later in the transaction (after
+    Workfront answered) is an error of its own, not "another refresh is running".
+    """
+
+
 _ROLLBACK_TIMEOUT_SECONDS = 5.0
 
 _LOCK = """
@@ -178,31 +189,40 @@ async def locked_row(
 
     ``engine`` must be in autocommit mode, so SQLAlchemy itself never opens a
     transaction on the connection. lock_timeout bounds the wait for another
-    replica's refresh (asyncpg.LockNotAvailableError); the idle timeout is
+    replica's refresh (RowLockTimeout); the idle timeout is
     switched off because the transaction idles while Workfront answers, and a
     server-side timeout would end it and free the row mid-refresh, letting
     another replica present the same refresh token.
     """
     async with engine.connect() as conn:
         raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+        # SQLAlchemy's pool does not know about this transaction: the
+        # connection must not go back to the pool inside it (holding the row
+        # lock). Closed unless the transaction surely ended: closing ends it
+        # on the server and frees the row.
+        ended = False
         try:
             await raw.execute(
                 f"BEGIN; SET LOCAL lock_timeout = {int(lock_timeout_ms)};"
                 " SET LOCAL idle_in_transaction_session_timeout = 0"
             )
-            found = await raw.fetchrow(_LOCK, connection_id)
+            try:
+                found = await raw.fetchrow(_LOCK, connection_id)
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate == LOCK_NOT_AVAILABLE:
+                    raise RowLockTimeout from None
+                raise
             yield RefreshTransaction(raw), None if found is None else LockedRow(*found)
             await raw.execute("COMMIT")
+            ended = True
         except Exception:
-            # SQLAlchemy's pool does not know about this transaction: it must
-            # not go back to the pool open (holding the row lock).
-            try:
+            # Not when cancelled (a BaseException): mid-statement the
+            # connection's state is unknown, and a rollback could wait on a
+            # dead peer.
+            with contextlib.suppress(Exception):
                 await raw.execute("ROLLBACK", timeout=_ROLLBACK_TIMEOUT_SECONDS)
-            except Exception:
+                ended = True
+            raise
+        finally:
+            if not ended or raw.is_in_transaction():
                 await conn.invalidate()
-            raise
-        except BaseException:
-            # Cancelled, maybe mid-statement: the connection's state is unknown.
-            # Closing it ends the transaction and frees the row on the server.
-            await conn.invalidate()
-            raise

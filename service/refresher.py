@@ -141,6 +141,13 @@ class Refresher:
             self._changed.set()
             try:
                 await self._refresh(claim)
+            except asyncio.CancelledError:
+                # A refresh this worker waited on was cancelled (drain at
+                # shutdown), not the worker: it stays, or the queue stalls.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                log.info("refresher: refresh of %s was cancelled", claim.connection_id)
             finally:
                 self._busy -= 1
                 self._changed.set()

@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -23,6 +25,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import certifi
 
 from service.config import Settings
 from service.metrics import UPSTREAM_LATENCY
@@ -138,6 +141,14 @@ def _retry_after(response: _Answer) -> float | None:
         return None
 
 
+def _tls_context() -> ssl.SSLContext:
+    """The CA bundle named by SSL_CERT_FILE / SSL_CERT_DIR when set (OpenSSL reads
+    them), else certifi's: the same trust httpx gave, whatever the image's own store."""
+    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 class WorkfrontClient:
     """Calls to the instance over one aiohttp session (see ``open``).
 
@@ -172,12 +183,17 @@ class WorkfrontClient:
                 sock_connect=min(timeout, 5.0),
                 sock_read=timeout,
             ),
-            # Keep a connection alive for every refresh in flight: beyond the
-            # limit each refresh would open its own TCP (in production TLS)
-            # connection.
+            # Keep a connection alive for every refresh in flight (the
+            # refresher's, and on-demand ones up to half the database pool):
+            # beyond the limit a refresh would wait for a connection, and that
+            # wait counts against its connect timeout.
             connector=aiohttp.TCPConnector(
-                limit=max(100, settings.refresher_concurrency + 16), limit_per_host=0
+                limit=max(100, settings.refresher_concurrency, settings.db_pool_size // 2) + 16,
+                limit_per_host=0,
+                ssl=_tls_context(),
             ),
+            # HTTP(S)_PROXY, NO_PROXY and .netrc apply, as they did with httpx.
+            trust_env=True,
             # Never carry one user's Workfront cookies into another's call.
             cookie_jar=aiohttp.DummyCookieJar(),
             headers={"User-Agent": "workfront-token-broker/0.1"},

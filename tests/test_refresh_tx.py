@@ -132,3 +132,43 @@ async def test_connection_deleted_during_the_lock_wait_is_404_and_rolls_back(
         for _ in range(3):
             assert await _refresh(broker, other, headers) == 200
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+
+
+async def test_refresher_worker_survives_a_cancelled_refresh(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    """drain() cancels a refresh that has not presented its token yet; the
+    refresher's one worker, which waited on it, must go on with the next."""
+    # A pool of 2: refreshes may hold one connection, so the refresher's
+    # refresh waits for the on-demand one (at Workfront) and is cancellable.
+    settings = settings_for(
+        refresher_enabled=True,
+        refresher_concurrency=1,
+        refresher_poll_seconds=0.1,
+        db_pool_size=2,
+    )
+    async with running_broker(settings, emulator) as broker:
+        stuck, later, busy = [await broker.connect(name) for name in ("alice", "bob", "carol")]
+        headers = await broker.api_key("tokens:read")
+        core = broker.app.state.runtime.broker
+        await emulator.configure(latency_ms=1500)
+        on_demand = asyncio.create_task(_refresh(broker, busy, headers))
+        while not core._presenting:
+            await asyncio.sleep(0.01)
+        due = "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id = $1"
+        await db.execute(due, stuck)
+        while stuck not in core._flights:  # the worker's refresh waits for a connection
+            await asyncio.sleep(0.01)
+        await core.drain()  # cancels that one, waits for the on-demand one
+        assert await on_demand == 200
+        await emulator.configure(latency_ms=0)
+        await db.execute(due, later)
+        deadline = asyncio.get_running_loop().time() + 10
+        while await db.fetchval("SELECT token_version FROM connections WHERE id = $1", later) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "the refresher stalled"
+            await asyncio.sleep(0.05)
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+    assert await emulator.presented_twice() == []
