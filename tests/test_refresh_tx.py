@@ -5,15 +5,20 @@ an open transaction holding a row lock, and the next refresh works."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import asyncpg
 
 from service.config import Settings
 from tests.conftest import BrokerHarness, Emulator, asyncpg_dsn, running_broker
 
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 _OPEN_TRANSACTIONS = """
     SELECT count(*) FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid()
@@ -172,3 +177,78 @@ async def test_refresher_worker_survives_a_cancelled_refresh(
             await asyncio.sleep(0.05)
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
     assert await emulator.presented_twice() == []
+
+
+async def test_failure_statements_write_what_the_orm_wrote(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    """The transient and revoked outcomes, column by column, with their audit
+    events in order and the webhook message (the CTE statements of refresh_tx)."""
+    settings = settings_for(webhook_url="http://127.0.0.1:9/hook", webhook_secret=WEBHOOK_SECRET)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        row = "SELECT * FROM connections WHERE id = $1"
+        before = await db.fetchrow(row, connection_id)
+
+        await emulator.faults({"kind": "status", "status": 503, "retry_after": 120})
+        assert await _refresh(broker, connection_id, headers) == 503
+        after = await db.fetchrow(row, connection_id)
+        assert after["refresh_failures"] == 1
+        assert after["last_error"] == "transient: token endpoint answered 503"
+        assert after["last_error_class"] == "transient"
+        assert after["next_refresh_at"] >= await db.fetchval("SELECT now()") + timedelta(
+            seconds=110
+        )
+        unchanged = ("status", "token_version", "access_token_enc", "refresh_token_enc")
+        assert [after[c] for c in (*unchanged, "updated_at")] == [
+            before[c] for c in (*unchanged, "updated_at")
+        ]
+        failed = await db.fetchrow(
+            "SELECT kind, detail FROM events WHERE connection_id = $1 ORDER BY id DESC LIMIT 1",
+            connection_id,
+        )
+        assert failed["kind"] == "refresh.failed"
+        assert json.loads(failed["detail"]) == {
+            "reason": "transient",
+            "detail": "token endpoint answered 503",
+        }
+
+        user_id = after["user_id"]
+        revoked = await emulator.control.post("/__emulator/revoke", json={"user_id": user_id})
+        revoked.raise_for_status()
+        assert await _refresh(broker, connection_id, headers) == 409
+        gone = await db.fetchrow(row, connection_id)
+        assert gone["status"] == "needs_reauth"
+        assert gone["refresh_failures"] == 2
+        assert gone["last_error"].startswith("grant_revoked: token endpoint answered 400")
+        assert gone["last_error_class"] == "grant_revoked"
+        assert gone["next_refresh_at"] is None
+        assert gone["updated_at"] > before["updated_at"]
+        assert gone["token_version"] == before["token_version"]
+        events = await db.fetch(
+            "SELECT kind, detail FROM events WHERE connection_id = $1 ORDER BY id DESC LIMIT 2",
+            connection_id,
+        )
+        assert [(e["kind"], json.loads(e["detail"])) for e in reversed(events)] == [
+            ("refresh.failed", {"reason": "grant_revoked"}),
+            ("connection.needs_reauth", {"reason": "grant_revoked"}),
+        ]
+        message = await db.fetchrow(
+            "SELECT event_type, payload, next_attempt_at, attempts FROM webhook_outbox"
+            " WHERE event_type = 'connection.needs_reauth'"
+        )
+        assert message["attempts"] == 0
+        assert message["next_attempt_at"] is not None
+        payload = json.loads(message["payload"])
+        assert payload["type"] == "connection.needs_reauth"
+        assert payload["data"] == {
+            "connection_id": str(connection_id),
+            "user_id": user_id,
+            "external_ref": None,
+            "reason": "grant_revoked",
+        }
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
