@@ -362,6 +362,20 @@ def extract_connection_id(html: str) -> uuid.UUID:
 
 
 @asynccontextmanager
+async def row_locked_elsewhere(database_url: str, connection_id: uuid.UUID) -> AsyncIterator[None]:
+    """Another replica stuck mid-refresh of this connection: its row locked meanwhile."""
+    holder = await asyncpg.connect(**asyncpg_dsn(database_url)[1])
+    try:
+        async with holder.transaction():
+            await holder.execute(
+                "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
+            )
+            yield
+    finally:
+        await holder.close()
+
+
+@asynccontextmanager
 async def running_broker(settings: Settings, emulator: Emulator) -> AsyncIterator[BrokerHarness]:
     """The broker app in process (its lifespan really runs), called over ASGI."""
     app = create_app(settings)

@@ -13,8 +13,8 @@ from service.config import Settings
 from tests.conftest import (
     BrokerHarness,
     Emulator,
-    asyncpg_dsn,
     login_at_emulator,
+    row_locked_elsewhere,
     running_broker,
 )
 
@@ -48,27 +48,14 @@ async def test_a_refresh_waiting_too_long_for_the_row_lock_is_503(
     async with running_broker(settings_for(lock_timeout_seconds=0.3), emulator) as broker:
         connection_id = await broker.connect("locked")
         headers = await broker.api_key("tokens:read")
-        holder = await asyncpg.connect(**_kwargs(database_url))  # a replica stuck mid-refresh
-        try:
-            transaction = holder.transaction()
-            await transaction.start()
-            await holder.execute(
-                "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
-            )
+        async with row_locked_elsewhere(database_url, connection_id):
             response = await broker.client.post(
                 f"/v1/connections/{connection_id}/refresh", headers=headers
             )
-            await transaction.rollback()
-        finally:
-            await holder.close()
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/problem+json"
         assert "retry-after" in response.headers
         assert [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"] == []
-
-
-def _kwargs(database_url: str) -> dict[str, object]:
-    return asyncpg_dsn(database_url)[1]
 
 
 @pytest.mark.parametrize("param", ["code", "state", "domain", "lane", "error"])

@@ -9,14 +9,19 @@ import base64
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import timedelta
 
 import asyncpg
 
 from service.config import Settings
-from tests.conftest import BrokerHarness, Emulator, asyncpg_dsn, running_broker
+from tests.conftest import (
+    BrokerHarness,
+    Emulator,
+    asyncpg_dsn,
+    row_locked_elsewhere,
+    running_broker,
+)
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 _OPEN_TRANSACTIONS = """
@@ -24,21 +29,6 @@ _OPEN_TRANSACTIONS = """
     WHERE datname = current_database() AND pid <> pg_backend_pid()
       AND state LIKE 'idle in transaction%'
 """
-
-
-@asynccontextmanager
-async def _row_locked_elsewhere(database_url: str, connection_id: uuid.UUID) -> AsyncIterator[None]:
-    """Another replica stuck mid-refresh of this connection."""
-    _, kwargs = asyncpg_dsn(database_url)
-    holder = await asyncpg.connect(**kwargs)
-    try:
-        async with holder.transaction():
-            await holder.execute(
-                "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
-            )
-            yield
-    finally:
-        await holder.close()
 
 
 async def _refresh(broker: BrokerHarness, connection_id: uuid.UUID, headers: dict[str, str]) -> int:
@@ -66,7 +56,7 @@ async def test_lock_timeout_rolls_back_and_the_pool_stays_clean(
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
-        async with _row_locked_elsewhere(database_url, connection_id):
+        async with row_locked_elsewhere(database_url, connection_id):
             assert await _refresh(broker, connection_id, headers) == 503
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
         for _ in range(4):
@@ -88,7 +78,7 @@ async def test_refresh_cancelled_while_waiting_for_the_lock_frees_everything(
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
         core = broker.app.state.runtime.broker
-        async with _row_locked_elsewhere(database_url, connection_id):
+        async with row_locked_elsewhere(database_url, connection_id):
             waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
             while connection_id not in core._flights:
                 await asyncio.sleep(0.01)
