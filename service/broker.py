@@ -459,42 +459,17 @@ class Broker:
         # Its own task (see _flight), so this names the connection in the
         # log lines of this refresh only.
         CONNECTION_ID.set(str(connection_id))
+        lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
         try:
             # A refresh holds a pooled connection across the lock wait and the
             # upstream call; at most half the pool does, so token reads of live
             # sessions keep working while Workfront is slow.
-            async with self._refresh_slots:
-                try:
-                    issued = await self._refresh_under_lock(
-                        connection_id,
-                        seen_version=seen_version,
-                        min_ttl=min_ttl,
-                        forced=forced,
-                        answered=answered,
-                    )
-                except (ConnectionNotFound, NeedsReauth):
-                    self._cache.local_change(connection_id)
-                    raise
-        finally:
-            _resolve(answered)
-        # Here, not in the callers: this task runs on when every caller left.
-        self._cache.replace(connection_id, issued)
-        return issued
-
-    async def _refresh_under_lock(
-        self,
-        connection_id: uuid.UUID,
-        *,
-        seen_version: int,
-        min_ttl: int,
-        forced: bool,
-        answered: asyncio.Future[None],
-    ) -> IssuedToken:
-        lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
-        try:
-            async with locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
-                tx,
-                row,
+            async with (
+                self._refresh_slots,
+                locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
+                    tx,
+                    row,
+                ),
             ):
                 outcome = await self._refresh_row(
                     tx,
@@ -504,13 +479,20 @@ class Broker:
                     forced=forced,
                     answered=answered,
                 )
+            # A failure is raised only now, after its bookkeeping was committed.
+            if isinstance(outcome, Exception):
+                raise outcome
         except RowLockTimeout:
             raise UpstreamUnavailable(
                 "another refresh of this connection is still running", retry_after=5
             ) from None
-        # A failure is raised only now, after its bookkeeping was committed.
-        if isinstance(outcome, Exception):
-            raise outcome
+        except (ConnectionNotFound, NeedsReauth):
+            self._cache.local_change(connection_id)
+            raise
+        finally:
+            _resolve(answered)
+        # Here, not in the callers: this task runs on when every caller left.
+        self._cache.replace(connection_id, outcome)
         return outcome
 
     async def _refresh_row(
