@@ -17,6 +17,7 @@ from service.fastpath import TokenFastPath
 from service.pages import static_files
 from service.problems import Problem, install_problem_handlers
 from service.refresher import Refresher
+from service.retention import PRUNE_EVERY_SECONDS, prune_events
 from service.routes import clients, connect_sessions, connections, oauth, ops, status
 from service.runtime import open_runtime
 from service.schemas import ClientCreate, ConnectSessionCreate
@@ -79,6 +80,20 @@ def create_app(settings: Settings) -> FastAPI:
                         "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 2
                     ),
                     name="hot-cache",
+                )
+            if settings.event_retention_days > 0:
+
+                async def prune() -> bool:
+                    await prune_events(
+                        runtime.sessions, retention_days=settings.event_retention_days
+                    )
+                    return False
+
+                tasks.append(
+                    asyncio.create_task(
+                        run_rounds("event-retention", prune, poll_seconds=PRUNE_EVERY_SECONDS),
+                        name="event-retention",
+                    )
                 )
             if settings.webhook_url is not None:
                 deliverer = WebhookDeliverer(
