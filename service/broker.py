@@ -89,12 +89,20 @@ _SESSION_REVALIDATIONS = HOT_CACHE_READS.labels(cache="sessions", kind="revalida
 
 
 @dataclass(frozen=True, slots=True)
+class _Ask:
+    """What a refresh was asked for."""
+
+    seen_version: int  # the token version the caller saw
+    min_ttl: int  # seconds of life the caller needs
+    forced: bool  # refresh even when the session still has min_ttl left
+
+
+@dataclass(frozen=True, slots=True)
 class _Flight:
-    """A refresh in progress in this process, and the version it started from."""
+    """A refresh in progress in this process, and what it was asked for."""
 
     task: asyncio.Task[IssuedToken]
-    seen_version: int
-    forced: bool
+    ask: _Ask
     # Done once Workfront has answered, or the refresh ended without asking it;
     # what may remain is storing the answer (see refresh_claimed).
     answered: asyncio.Future[None]
@@ -326,7 +334,7 @@ class Broker:
         if read.expires_ts - time.time() >= min_ttl:
             return read
         return await self._join_flight(
-            connection_id, seen_version=read.token_version, min_ttl=min_ttl, forced=False
+            connection_id, _Ask(seen_version=read.token_version, min_ttl=min_ttl, forced=False)
         )
 
     async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
@@ -339,7 +347,7 @@ class Broker:
         which drain() waits for like any other. Its failure is logged here.
         """
         flight = await self._flight(
-            connection_id, seen_version=seen_version, min_ttl=0, forced=True
+            connection_id, _Ask(seen_version=seen_version, min_ttl=0, forced=True)
         )
 
         def log_failure(task: asyncio.Task[IssuedToken]) -> None:
@@ -391,25 +399,23 @@ class Broker:
             # maybe by another replica: read the row, memory may hold the
             # session this caller saw rejected.
             return await self.get_token(connection_id, min_ttl=0, cached=False)
-        return await self._join_flight(connection_id, seen_version=version, min_ttl=0, forced=True)
+        return await self._join_flight(
+            connection_id, _Ask(seen_version=version, min_ttl=0, forced=True)
+        )
 
     # Refreshing --------------------------------------------------------------------
 
-    async def _join_flight(
-        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
-    ) -> IssuedToken:
-        flight = await self._flight(
-            connection_id, seen_version=seen_version, min_ttl=min_ttl, forced=forced
-        )
+    async def _join_flight(self, connection_id: uuid.UUID, ask: _Ask) -> IssuedToken:
+        flight = await self._flight(connection_id, ask)
         # shield: a caller that goes away must not cancel a refresh in progress.
         return await asyncio.shield(flight.task)
 
-    async def _flight(
-        self, connection_id: uuid.UUID, *, seen_version: int, min_ttl: int, forced: bool
-    ) -> _Flight:
+    async def _flight(self, connection_id: uuid.UUID, ask: _Ask) -> _Flight:
         """The refresh of this connection to join: the one in progress, or a new one."""
         while (flight := self._flights.get(connection_id)) is not None:
-            if not forced or (flight.forced and flight.seen_version >= seen_version):
+            if not ask.forced or (
+                flight.ask.forced and flight.ask.seen_version >= ask.seen_version
+            ):
                 return flight
             # A forced caller saw its session rejected; a flight that may not go
             # upstream (not forced) or that started from an older version could
@@ -426,16 +432,10 @@ class Broker:
                 pass
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
-            self._refresh_locked(
-                connection_id,
-                seen_version=seen_version,
-                min_ttl=min_ttl,
-                forced=forced,
-                answered=answered,
-            ),
+            self._refresh_locked(connection_id, ask, answered),
             name=f"refresh-{connection_id}",
         )
-        flight = _Flight(task=task, seen_version=seen_version, forced=forced, answered=answered)
+        flight = _Flight(task=task, ask=ask, answered=answered)
         self._flights[connection_id] = flight
 
         def forget(_: asyncio.Task[IssuedToken], current: _Flight = flight) -> None:
@@ -448,13 +448,7 @@ class Broker:
         return flight
 
     async def _refresh_locked(
-        self,
-        connection_id: uuid.UUID,
-        *,
-        seen_version: int,
-        min_ttl: int,
-        forced: bool,
-        answered: asyncio.Future[None],
+        self, connection_id: uuid.UUID, ask: _Ask, answered: asyncio.Future[None]
     ) -> IssuedToken:
         # Its own task (see _flight), so this names the connection in the
         # log lines of this refresh only.
@@ -471,14 +465,7 @@ class Broker:
                     row,
                 ),
             ):
-                outcome = await self._refresh_row(
-                    tx,
-                    row,
-                    seen_version=seen_version,
-                    min_ttl=min_ttl,
-                    forced=forced,
-                    answered=answered,
-                )
+                outcome = await self._refresh_row(tx, row, ask, answered)
             # A failure is raised only now, after its bookkeeping was committed.
             if isinstance(outcome, Exception):
                 raise outcome
@@ -499,10 +486,7 @@ class Broker:
         self,
         tx: RefreshTransaction,
         row: LockedRow | None,
-        *,
-        seen_version: int,
-        min_ttl: int,
-        forced: bool,
+        ask: _Ask,
         answered: asyncio.Future[None],
     ) -> IssuedToken | Exception:
         """Under the row lock: refresh when still needed; the session to hand out,
@@ -512,14 +496,14 @@ class Broker:
         if row.status != STATUS_ACTIVE:
             raise NeedsReauth
         remaining = row.expires_at - _now()
-        if row.token_version != seen_version:
+        if row.token_version != ask.seen_version:
             # Another caller (maybe in another process) refreshed while we waited.
             return self._issued(row)
-        if not forced and remaining >= timedelta(seconds=min_ttl):
+        if not ask.forced and remaining >= timedelta(seconds=ask.min_ttl):
             return self._issued(row)
         retry_at = row.next_refresh_at
         if (
-            not forced
+            not ask.forced
             and row.last_error_class == "transient"
             and retry_at is not None
             and retry_at > _now()
@@ -575,7 +559,7 @@ class Broker:
             )
             log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
             REFRESHES.labels(outcome="transient").inc()
-            if not forced and remaining > timedelta(0):
+            if not ask.forced and remaining > timedelta(0):
                 # Keep serving the current session while it is still valid.
                 return self._issued(row)
             return UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
