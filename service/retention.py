@@ -7,8 +7,9 @@ so without a bound the table would grow for as long as the broker runs.
 Each serve process prunes about once an hour, a batch per transaction. A batch
 looks only at the oldest rows by id (the primary key's index): ids and times
 rise together, so once the oldest rows are younger than the cutoff the round
-is over, without scanning the table for rows that are not there. Replicas
-pruning at once skip each other's rows (SKIP LOCKED).
+is over, without scanning the table for rows that are not there. Only the
+rows deleted are locked; replicas pruning at once wait for each other's
+batch and then find those rows gone.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ PRUNE_BATCH = 10_000
 
 _PRUNE = text(
     """
-    WITH oldest AS (
-        SELECT id, at FROM events ORDER BY id LIMIT :batch FOR UPDATE SKIP LOCKED
-    )
+    WITH oldest AS (SELECT id, at FROM events ORDER BY id LIMIT :batch)
     DELETE FROM events
     WHERE id IN (SELECT id FROM oldest WHERE at < now() - make_interval(days => :days))
     """
