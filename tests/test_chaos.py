@@ -93,14 +93,22 @@ class Replicas:
 
     async def wait_ready(self, client: httpx.AsyncClient, index: int, within: float = 30) -> None:
         deadline = time.monotonic() + within
+        last = "no answer"
         while time.monotonic() < deadline:
+            process = self.processes[index]
+            if process is not None and process.poll() is not None:
+                last = f"exited with {process.returncode}"
+                break
             try:
-                if (await client.get(f"{self.urls[index]}/readyz")).status_code == 200:
+                answer = await client.get(f"{self.urls[index]}/readyz")
+                if answer.status_code == 200:
                     return
-            except httpx.TransportError:
-                pass
+                last = f"/readyz {answer.status_code} {answer.text[:200]}"
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}"
             await asyncio.sleep(0.1)
-        raise AssertionError((self.log_dir / f"replica-{index}.log").read_text()[-3000:])
+        tail = (self.log_dir / f"replica-{index}.log").read_text()[-3000:]
+        raise AssertionError(f"replica {index} not ready ({last}); its log ends:\n{tail}")
 
 
 async def test_chaos(
