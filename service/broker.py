@@ -11,6 +11,8 @@ Rules this module keeps:
   and that refresh is shielded from the callers' cancellation: abandoning a
   refresh between Workfront's answer and our commit would lose a rotated token.
 * The new refresh token is committed before any caller sees the new session.
+  If the locked connection fails after Workfront answered, the new tokens are
+  stored again on another connection, unless the row moved on meanwhile.
 * A refresh answered with a revoked grant marks the connection
   ``needs_reauth``; that refresh token is never presented again.
 * Token reads are answered from memory (service.hotcache) for less than a
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
@@ -51,7 +54,15 @@ from service.models import (
     ConnectSession,
     Event,
 )
-from service.refresh_tx import LockedRow, RefreshTransaction, RowLockTimeout, locked_row
+from service.problems import is_database_outage
+from service.refresh_tx import (
+    LockedRow,
+    RefreshTransaction,
+    RowLockTimeout,
+    TokenWrite,
+    locked_row,
+    store_tokens_again,
+)
 from service.workfront import (
     GrantRevokedError,
     TokenSet,
@@ -95,6 +106,14 @@ class _Ask:
     seen_version: int  # the token version the caller saw
     min_ttl: int  # seconds of life the caller needs
     forced: bool  # refresh even when the session still has min_ttl left
+
+
+@dataclass(frozen=True, slots=True)
+class _Rotated:
+    """Workfront's answer to a refresh, not yet stored: its old refresh token is dead."""
+
+    issued: IssuedToken
+    write: TokenWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +184,18 @@ async def record_event(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# serialization failure, deadlock, statement cancelled, lock timeout, read-only
+# (a failover in progress): the same statement may succeed a moment later.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57014", "55P03", "25006"})
+
+
+def _worth_storing_again(exc: Exception) -> bool:
+    """A database failure (not a bug): storing the same row again may succeed."""
+    if is_database_outage(exc):  # TimeoutError included (an OSError)
+        return True
+    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _RETRYABLE_SQLSTATES
 
 
 def _resolve(answered: asyncio.Future[None]) -> None:
@@ -343,8 +374,9 @@ class Broker:
         Returns once Workfront has answered, not once the answer is stored: the
         refresher's concurrency bounds the refreshes on their way to Workfront,
         while storing (a statement and the durable commit) finishes in the
-        flight, which still holds the row lock and its share of the pool, and
-        which drain() waits for like any other. Its failure is logged here.
+        flight, which still holds the row lock and its share of the pool (or,
+        if that connection failed, stores again on another), and which
+        drain() waits for like any other. Its failure is logged here.
         """
         flight = await self._flight(
             connection_id, _Ask(seen_version=seen_version, min_ttl=0, forced=True)
@@ -381,7 +413,7 @@ class Broker:
         within = 2 * self._settings.upstream_timeout_seconds + 5
         _, late = await asyncio.wait(waiting, timeout=within)
         for task in late:
-            log.error("shutdown: a refresh still waiting for Workfront was abandoned")
+            log.error("shutdown: a refresh still at Workfront or storing its answer was abandoned")
             task.cancel()
         if late:
             await asyncio.wait(late)
@@ -454,18 +486,33 @@ class Broker:
         # log lines of this refresh only.
         CONNECTION_ID.set(str(connection_id))
         lock_timeout_ms = int(self._settings.lock_timeout_seconds * 1000)
+        rotated: _Rotated | None = None
         try:
-            # A refresh holds a pooled connection across the lock wait and the
-            # upstream call; at most half the pool does, so token reads of live
-            # sessions keep working while Workfront is slow.
-            async with (
-                self._refresh_slots,
-                locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
-                    tx,
-                    row,
-                ),
-            ):
-                outcome = await self._refresh_row(tx, row, ask, answered)
+            try:
+                # A refresh holds a pooled connection across the lock wait and
+                # the upstream call; at most half the pool does, so token reads
+                # of live sessions keep working while Workfront is slow.
+                async with (
+                    self._refresh_slots,
+                    locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
+                        tx,
+                        row,
+                    ),
+                ):
+                    outcome = await self._refresh_row(tx, row, ask, answered)
+                    if isinstance(outcome, _Rotated):
+                        rotated = outcome
+                        await tx.store_tokens(rotated.write)
+                        outcome = rotated.issued
+                if rotated is not None:
+                    REFRESHES.labels(outcome="ok").inc()  # committed
+            except Exception as exc:
+                if rotated is None:
+                    raise
+                if not _worth_storing_again(exc):
+                    self._lost(connection_id, exc)
+                    raise
+                outcome = await self._store_again(rotated, exc)
             # A failure is raised only now, after its bookkeeping was committed.
             if isinstance(outcome, Exception):
                 raise outcome
@@ -488,9 +535,10 @@ class Broker:
         row: LockedRow | None,
         ask: _Ask,
         answered: asyncio.Future[None],
-    ) -> IssuedToken | Exception:
-        """Under the row lock: refresh when still needed; the session to hand out,
-        or the failure to raise once its bookkeeping is committed."""
+    ) -> IssuedToken | _Rotated | Exception:
+        """Under the row lock: refresh when still needed. The session to hand
+        out, Workfront's new tokens to store, or the failure to raise once its
+        bookkeeping is committed."""
         if row is None:
             raise ConnectionNotFound
         if row.status != STATUS_ACTIVE:
@@ -564,23 +612,94 @@ class Broker:
                 return self._issued(row)
             return UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
         _resolve(answered)
-        await tx.store_tokens(
-            row.id,
-            access_token_enc=self._seal(row.id, ACCESS, tokens.access_token),
-            refresh_token_enc=self._seal(row.id, REFRESH, tokens.refresh_token),
-            expires_at=tokens.expires_at,
-            next_refresh_at=self._next_refresh_at(tokens.expires_at),
-            now=_now(),
-            wid=tokens.wid or None,
+        return _Rotated(
+            issued=IssuedToken(
+                connection_id=row.id,
+                session_id=tokens.access_token,
+                expires_at=tokens.expires_at,
+                user_id=row.user_id,
+                token_version=row.token_version + 1,
+            ),
+            write=TokenWrite(
+                connection_id=row.id,
+                from_version=row.token_version,
+                access_token_enc=self._seal(row.id, ACCESS, tokens.access_token),
+                refresh_token_enc=self._seal(row.id, REFRESH, tokens.refresh_token),
+                expires_at=tokens.expires_at,
+                next_refresh_at=self._next_refresh_at(tokens.expires_at),
+                now=_now(),
+                wid=tokens.wid or None,
+            ),
         )
-        REFRESHES.labels(outcome="ok").inc()
-        return IssuedToken(
-            connection_id=row.id,
-            session_id=tokens.access_token,
-            expires_at=tokens.expires_at,
-            user_id=row.user_id,
-            token_version=row.token_version + 1,
+
+    async def _store_again(self, rotated: _Rotated, error: Exception) -> IssuedToken:
+        """Store a refresh's answer on a new connection after the locked one failed.
+
+        Workfront has rotated the refresh token: the stored one is dead, and
+        this process holds the only live one. Dropping it would cost the user
+        a re-authorization, so a database blip (the connection cut, a
+        failover) is retried on fresh connections for as long as one upstream
+        call may take. The row lock went with the failed connection; the write
+        applies only while the row is active at the version this refresh
+        started from, so it never undoes what happened to the row meanwhile
+        (a re-authorization, or ``needs_reauth`` after another replica
+        presented the dead token).
+        """
+        connection_id = rotated.write.connection_id
+        log.warning(
+            "storing the refreshed session of %s failed (%s); storing it again",
+            connection_id,
+            type(error).__name__,
         )
+        deadline = time.monotonic() + 2 * self._settings.upstream_timeout_seconds
+        delay = 0.05
+        try:
+            while True:
+                try:
+                    # Bounds the wait for a pooled or new connection too.
+                    async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                        stored = await store_tokens_again(self._reader, rotated.write)
+                    break
+                except Exception as exc:
+                    if not _worth_storing_again(exc) or time.monotonic() + delay >= deadline:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 1.0)
+        except BaseException as exc:  # cancelled by drain() at shutdown included
+            self._lost(connection_id, exc)
+            raise
+        if stored:
+            REFRESHES.labels(outcome="ok").inc()
+            log.info("stored the refreshed session of %s on a new connection", connection_id)
+            return rotated.issued
+        # The row went on: our first commit landed after all, or the row was
+        # re-authorized, disabled or deleted meanwhile. Hand out what it holds.
+        read = await self._read_token(connection_id)
+        if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
+            REFRESHES.labels(outcome="ok").inc()  # it was our commit
+            return read
+        self._lost(connection_id, None)
+        if read is None:
+            raise ConnectionNotFound
+        if isinstance(read, str):
+            raise NeedsReauth
+        return read
+
+    def _lost(self, connection_id: uuid.UUID, error: BaseException | None) -> None:
+        """Workfront's new tokens for this connection were never stored."""
+        REFRESHES.labels(outcome="lost").inc()
+        if error is None:
+            log.warning(
+                "the refreshed session of %s was not stored: the row changed meanwhile",
+                connection_id,
+            )
+        else:
+            log.error(
+                "the refreshed session of %s could not be stored (%s):"
+                " the connection will need re-authorization",
+                connection_id,
+                type(error).__name__,
+            )
 
     async def _connection_event(
         self,

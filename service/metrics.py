@@ -11,7 +11,7 @@ TOKEN_REQUESTS = Counter(
 )
 REFRESHES = Counter(
     "broker_refreshes_total",
-    "Upstream refresh attempts by outcome (ok, transient, revoked).",
+    "Upstream refresh attempts by outcome (ok, transient, revoked, lost).",
     ["outcome"],
 )
 UPSTREAM_LATENCY = Histogram(

@@ -49,6 +49,9 @@ _LOCK = """
     FROM connections WHERE id = $1 FOR UPDATE
 """
 
+# Only over the version the tokens were refreshed from: under the row lock it
+# cannot have moved, and when storing again on a new connection (see
+# store_tokens_again) a moved version means the row went on without us.
 _STORE_TOKENS = """
     WITH changed AS (
         UPDATE connections SET
@@ -56,9 +59,10 @@ _STORE_TOKENS = """
             next_refresh_at = $7, token_version = token_version + 1,
             last_refreshed_at = $8, updated_at = $8, refresh_failures = 0,
             last_error = NULL, last_error_class = NULL, wid = coalesce($9, wid)
-        WHERE id = $1 RETURNING id
+        WHERE id = $1 AND token_version = $10 AND status = 'active' RETURNING id
     )
-    INSERT INTO events (kind, connection_id, detail) SELECT $2, id, $3::jsonb FROM changed
+    INSERT INTO events (kind, connection_id, detail)
+    SELECT $2, id, $3::jsonb FROM changed RETURNING connection_id
 """
 
 _RECORD_TRANSIENT = """
@@ -109,6 +113,34 @@ class LockedRow:
     refresh_failures: int
 
 
+@dataclass(frozen=True, slots=True)
+class TokenWrite:
+    """A refresh's new tokens, sealed, as they are to be stored."""
+
+    connection_id: uuid.UUID
+    from_version: int  # the token version they were refreshed from
+    access_token_enc: str
+    refresh_token_enc: str
+    expires_at: datetime
+    next_refresh_at: datetime
+    now: datetime
+    wid: str | None
+
+    def arguments(self) -> tuple[Any, ...]:
+        return (
+            self.connection_id,
+            "refresh.succeeded",
+            "{}",
+            self.access_token_enc,
+            self.refresh_token_enc,
+            self.expires_at,
+            self.next_refresh_at,
+            self.now,
+            self.wid,
+            self.from_version,
+        )
+
+
 def _json(value: dict[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -119,29 +151,11 @@ class RefreshTransaction:
     def __init__(self, raw: asyncpg.Connection) -> None:
         self._raw = raw
 
-    async def store_tokens(
-        self,
-        connection_id: uuid.UUID,
-        *,
-        access_token_enc: str,
-        refresh_token_enc: str,
-        expires_at: datetime,
-        next_refresh_at: datetime,
-        now: datetime,
-        wid: str | None,
-    ) -> None:
-        await self._raw.execute(
-            _STORE_TOKENS,
-            connection_id,
-            "refresh.succeeded",
-            "{}",
-            access_token_enc,
-            refresh_token_enc,
-            expires_at,
-            next_refresh_at,
-            now,
-            wid,
-        )
+    async def store_tokens(self, write: TokenWrite) -> None:
+        if await self._raw.fetchval(_STORE_TOKENS, *write.arguments()) is None:
+            # Impossible under the row lock; if it ever happens, fail loudly
+            # rather than commit a refresh whose tokens were not stored.
+            raise RuntimeError("the locked row changed under its lock")
 
     async def record_transient(
         self, connection_id: uuid.UUID, *, error: str, retry_at: datetime, detail: str
@@ -226,3 +240,24 @@ async def locked_row(
         finally:
             if not ended or raw.is_in_transaction():
                 await conn.invalidate()
+
+
+async def store_tokens_again(engine: AsyncEngine, write: TokenWrite) -> bool:
+    """Store a refresh's tokens on a new connection, after the locked one failed.
+
+    One statement in its own transaction, applied only if the row is still
+    active at the version the tokens were refreshed from. False: it is not
+    (the first commit landed after all, or the row went on without these).
+    The caller bounds the time (the wait for the row lock included).
+    """
+    async with engine.connect() as conn:
+        raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+        try:
+            stored = await raw.fetchval(_STORE_TOKENS, *write.arguments())
+        except BaseException:
+            # SQLAlchemy never saw this statement, so it would pool a dead
+            # connection again, or one whose cancelled query is still being
+            # cancelled: the next retry, or a token read, would meet it.
+            await conn.invalidate()
+            raise
+    return stored is not None

@@ -66,10 +66,12 @@ class Refresher:
         self._settings = settings
         self._sessions = sessions
         self._broker = broker
-        # The lease must outlive one refresh: a wait for the row lock plus the
-        # upstream call, so a slow refresh is not claimed again meanwhile.
+        # The lease must outlive one refresh, so a slow one is not claimed
+        # again meanwhile: a wait for the row lock, the upstream call (up to
+        # 2 x its timeout), and storing the answer again if the locked
+        # connection failed (as long again; the row is unlocked then).
         self._lease_seconds = max(
-            60.0, settings.lock_timeout_seconds + 2 * settings.upstream_timeout_seconds
+            60.0, settings.lock_timeout_seconds + 4 * settings.upstream_timeout_seconds
         )
         # Claimed connections waiting for a worker; refresher_concurrency
         # workers take them one at a time.

@@ -1,6 +1,8 @@
 """The refresh transaction runs on the driver under SQLAlchemy's pool
 (service.refresh_tx): whatever ends it, no pooled connection is left inside
-an open transaction holding a row lock, and the next refresh works."""
+an open transaction holding a row lock, and the next refresh works. When its
+connection dies after Workfront answered, the new tokens are stored again on
+another connection, never over a row that moved on."""
 
 from __future__ import annotations
 
@@ -8,13 +10,18 @@ import asyncio
 import base64
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
+import pytest
 
 from service.config import Settings
+from service.db import autocommit, make_engine
+from service.refresh_tx import TokenWrite, store_tokens_again
 from tests.conftest import (
     BrokerHarness,
     Emulator,
@@ -242,3 +249,181 @@ async def test_failure_statements_write_what_the_orm_wrote(
             "reason": "grant_revoked",
         }
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+
+
+_REFRESH_HOLDING_THE_LOCK = """
+    SELECT pid FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+      AND state = 'idle in transaction' AND query LIKE '%FOR UPDATE%'
+"""
+_WAITING_FOR_A_LOCK = """
+    SELECT count(*) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'
+"""
+
+
+async def _poll(db: asyncpg.Connection, query: str, what: str) -> Any:
+    for _ in range(250):
+        found = await db.fetchval(query)
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+_EVERY_OTHER_CONNECTION = """
+    SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    WHERE datname = current_database() AND pid <> pg_backend_pid()
+"""
+
+
+async def _cut_the_refresh_connection(db: asyncpg.Connection, *, every: bool = False) -> None:
+    """While Workfront is answering, the refresh's database connection dies
+    (``every``: all the broker's connections, as in a failover)."""
+    pid = await _poll(db, _REFRESH_HOLDING_THE_LOCK, "the refresh to hold the row lock")
+    if every:
+        assert await db.fetchval(_EVERY_OTHER_CONNECTION) >= 2
+    else:
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+
+async def _lost_refreshes(broker: BrokerHarness) -> float:
+    metrics = (await broker.client.get("/metrics")).text
+    found = re.search(r'^broker_refreshes_total\{outcome="lost"\} (\S+)$', metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.parametrize("every", [False, True], ids=["locked-connection", "whole-pool"])
+async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_again(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    every: bool,
+) -> None:
+    """Workfront rotated the refresh token; the connection that held the row
+    lock is gone. The new tokens are stored on another connection, so the
+    connection lives on instead of needing re-authorization. When the whole
+    pool died (a failover), the dead pooled connections are dropped as the
+    retries meet them, not met again."""
+    settings = settings_for(db_pool_size=4, upstream_timeout_seconds=3)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        for _ in range(4):  # every pooled connection opened
+            await broker.client.get("/v1/connections", headers=broker.admin)
+        lost = await _lost_refreshes(broker)
+        await emulator.configure(latency_ms=800)
+        waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+        await _cut_the_refresh_connection(db, every=every)
+        assert await waiting == 200
+        assert await _lost_refreshes(broker) == lost
+        await emulator.configure(latency_ms=0)
+        row = await db.fetchrow(
+            "SELECT status, token_version FROM connections WHERE id = $1", connection_id
+        )
+        assert (row["status"], row["token_version"]) == ("active", 2)
+        # The stored refresh token is the live one: the next refresh works.
+        assert await _refresh(broker, connection_id, headers) == 200
+        assert (
+            await db.fetchval("SELECT token_version FROM connections WHERE id = $1", connection_id)
+            == 3
+        )
+        assert await emulator.presented_twice() == []
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "answer", "after"),
+    [
+        # another replica presented the dead refresh token and was refused:
+        # the row stays needs_reauth, the refresh answers 409
+        ("UPDATE connections SET status = 'needs_reauth' WHERE id = $1", 409, ("needs_reauth", 1)),
+        # the user re-authorized meanwhile: that row stands
+        (
+            "UPDATE connections SET token_version = token_version + 1 WHERE id = $1",
+            200,
+            ("active", 2),
+        ),
+    ],
+)
+async def test_storing_again_never_overwrites_a_row_that_moved_on(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+    change: str,
+    answer: int,
+    after: tuple[str, int],
+) -> None:
+    async with running_broker(settings_for(db_pool_size=4), emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        sealed = await db.fetchval(
+            "SELECT refresh_token_enc FROM connections WHERE id = $1", connection_id
+        )
+        lost = await _lost_refreshes(broker)
+        await emulator.configure(latency_ms=800)
+        waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+        _, kwargs = asyncpg_dsn(database_url)
+        other = await asyncpg.connect(**kwargs)
+        try:
+            await _cut_the_refresh_connection(db)
+            async with other.transaction():
+                # The row changes elsewhere meanwhile, and the broker's second
+                # write waits for that change to commit.
+                await other.execute(change, connection_id)
+                await _poll(db, _WAITING_FOR_A_LOCK, "the second write to wait for the row")
+        finally:
+            await other.close()
+        assert await waiting == answer
+        row = await db.fetchrow(
+            "SELECT status, token_version, refresh_token_enc FROM connections WHERE id = $1",
+            connection_id,
+        )
+        assert (row["status"], row["token_version"]) == after
+        assert row["refresh_token_enc"] == sealed  # not overwritten
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
+        assert await _lost_refreshes(broker) == lost + 1
+
+
+async def test_store_again_drops_a_dead_pooled_connection(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """After a failover every pooled connection is dead. SQLAlchemy never sees
+    the driver's errors of store_tokens_again, so that function must drop the
+    connection itself; otherwise every retry would meet the same dead one."""
+    async with running_broker(settings_for(), emulator) as broker:
+        connection_id = await broker.connect("alice")
+    engine = autocommit(make_engine(database_url, pool_size=1))
+    try:
+        write = TokenWrite(
+            connection_id=connection_id,
+            from_version=1,
+            access_token_enc="sealed-access",
+            refresh_token_enc="sealed-refresh",
+            expires_at=datetime.now(UTC) + timedelta(hours=1),
+            next_refresh_at=datetime.now(UTC) + timedelta(minutes=50),
+            now=datetime.now(UTC),
+            wid=None,
+        )
+        async with engine.connect() as conn:  # the pool's one connection, then pooled
+            raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
+            pid = raw.get_server_pid()
+        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await asyncio.sleep(0.2)
+        with pytest.raises((asyncpg.InterfaceError, asyncpg.PostgresError, OSError)):
+            await store_tokens_again(engine, write)
+        assert await store_tokens_again(engine, write)  # on a new connection
+        assert not await store_tokens_again(engine, write)  # the version moved on
+        version = await db.fetchval(
+            "SELECT token_version FROM connections WHERE id = $1", connection_id
+        )
+        assert version == 2
+    finally:
+        await engine.dispose()
