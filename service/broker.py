@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import UUID, insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
@@ -195,7 +194,9 @@ def _worth_storing_again(exc: Exception) -> bool:
     """A database failure (not a bug): storing the same row again may succeed."""
     if is_database_outage(exc):  # TimeoutError included (an OSError)
         return True
-    return isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in _RETRYABLE_SQLSTATES
+    # From the driver (the locked connection) or wrapped by SQLAlchemy (a retry).
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
 
 def _resolve(answered: asyncio.Future[None]) -> None:
@@ -494,10 +495,12 @@ class Broker:
                 # of live sessions keep working while Workfront is slow.
                 async with (
                     self._refresh_slots,
-                    locked_row(self._reader, connection_id, lock_timeout_ms=lock_timeout_ms) as (
-                        tx,
-                        row,
-                    ),
+                    locked_row(
+                        self._reader,
+                        connection_id,
+                        lock_timeout_ms=lock_timeout_ms,
+                        write_timeout=self._settings.upstream_timeout_seconds,
+                    ) as (tx, row),
                 ):
                     outcome = await self._refresh_row(tx, row, ask, answered)
                     if isinstance(outcome, _Rotated):
@@ -506,6 +509,10 @@ class Broker:
                         outcome = rotated.issued
                 if rotated is not None:
                     REFRESHES.labels(outcome="ok").inc()  # committed
+            except asyncio.CancelledError as exc:
+                if rotated is not None:  # drain() gave up on the commit
+                    self._lost(connection_id, exc)
+                raise
             except Exception as exc:
                 if rotated is None:
                     raise
@@ -651,13 +658,17 @@ class Broker:
             connection_id,
             type(error).__name__,
         )
-        deadline = time.monotonic() + 2 * self._settings.upstream_timeout_seconds
+        upstream_timeout = self._settings.upstream_timeout_seconds
+        deadline = time.monotonic() + 2 * upstream_timeout
         delay = 0.05
         try:
             while True:
+                # Each attempt bounded, the wait for a connection included, and
+                # to a part of the whole: one silent connection must not use
+                # up the time of every attempt.
+                left = deadline - time.monotonic()
                 try:
-                    # Bounds the wait for a pooled or new connection too.
-                    async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    async with asyncio.timeout(max(0.1, min(left, upstream_timeout / 2))):
                         stored = await store_tokens_again(self._reader, rotated.write)
                     break
                 except Exception as exc:
@@ -674,7 +685,14 @@ class Broker:
             return rotated.issued
         # The row went on: our first commit landed after all, or the row was
         # re-authorized, disabled or deleted meanwhile. Hand out what it holds.
-        read = await self._read_token(connection_id)
+        try:
+            read = await self._read_token(connection_id)
+        except Exception:
+            log.warning(
+                "refreshed session of %s: could not read back whether it was stored",
+                connection_id,
+            )
+            raise
         if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
             REFRESHES.labels(outcome="ok").inc()  # it was our commit
             return read

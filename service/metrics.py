@@ -14,6 +14,12 @@ REFRESHES = Counter(
     "Upstream refresh attempts by outcome (ok, transient, revoked, lost).",
     ["outcome"],
 )
+# The series alerts watch with increase() exist from the start at 0: a series
+# born at 1 shows no increase, so a first event would go unseen.
+for _outcome in ("ok", "transient", "revoked", "lost"):
+    REFRESHES.labels(outcome=_outcome)
+for _kind in ("token", "refresh"):
+    TOKEN_REQUESTS.labels(kind=_kind, outcome="stored-token-unreadable")
 UPSTREAM_LATENCY = Histogram(
     "broker_upstream_seconds",
     "Latency of calls to Workfront.",
@@ -33,6 +39,8 @@ REFRESHER_LAG = Histogram(
 WEBHOOK_DELIVERIES = Counter(
     "broker_webhook_deliveries_total", "Webhook delivery attempts by outcome.", ["outcome"]
 )
+for _outcome in ("delivered", "retry", "given_up"):
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 HOT_CACHE_READS = Counter(
     "broker_hot_cache_reads_total",
     "Database reads of the hot-path caches (cache: keys, sessions): a miss on the"

@@ -146,13 +146,17 @@ def _json(value: dict[str, Any]) -> str:
 
 
 class RefreshTransaction:
-    """Writes inside the open transaction; each is one round trip."""
+    """Writes inside the open transaction; each is one round trip, bounded
+    by ``write_timeout`` (a connection gone silent, say in a failover, would
+    otherwise hold the refresh until the kernel gives up on it)."""
 
-    def __init__(self, raw: asyncpg.Connection) -> None:
+    def __init__(self, raw: asyncpg.Connection, write_timeout: float) -> None:
         self._raw = raw
+        self._timeout = write_timeout
 
     async def store_tokens(self, write: TokenWrite) -> None:
-        if await self._raw.fetchval(_STORE_TOKENS, *write.arguments()) is None:
+        stored = await self._raw.fetchval(_STORE_TOKENS, *write.arguments(), timeout=self._timeout)
+        if stored is None:
             # Impossible under the row lock; if it ever happens, fail loudly
             # rather than commit a refresh whose tokens were not stored.
             raise RuntimeError("the locked row changed under its lock")
@@ -168,6 +172,7 @@ class RefreshTransaction:
             _json(event),
             error,
             retry_at,
+            timeout=self._timeout,
         )
 
     async def mark_needs_reauth(
@@ -191,12 +196,13 @@ class RefreshTransaction:
             lifecycle_event,
             _json(lifecycle_detail),
             uuid.uuid4(),
+            timeout=self._timeout,
         )
 
 
 @asynccontextmanager
 async def locked_row(
-    engine: AsyncEngine, connection_id: uuid.UUID, *, lock_timeout_ms: int
+    engine: AsyncEngine, connection_id: uuid.UUID, *, lock_timeout_ms: int, write_timeout: float
 ) -> AsyncIterator[tuple[RefreshTransaction, LockedRow | None]]:
     """A transaction holding the row's lock (None: no such row), committed when
     the block ends normally and rolled back when it raises.
@@ -226,8 +232,11 @@ async def locked_row(
                 if exc.sqlstate == LOCK_NOT_AVAILABLE:
                     raise RowLockTimeout from None
                 raise
-            yield RefreshTransaction(raw), None if found is None else LockedRow(*found)
-            await raw.execute("COMMIT")
+            yield (
+                RefreshTransaction(raw, write_timeout),
+                None if found is None else LockedRow(*found),
+            )
+            await raw.execute("COMMIT", timeout=write_timeout)
             ended = True
         except Exception:
             # Not when cancelled (a BaseException): mid-statement the
@@ -249,15 +258,19 @@ async def store_tokens_again(engine: AsyncEngine, write: TokenWrite) -> bool:
     active at the version the tokens were refreshed from. False: it is not
     (the first commit landed after all, or the row went on without these).
     The caller bounds the time (the wait for the row lock included).
+
+    Through SQLAlchemy, not the driver: when the connection turns out dead,
+    SQLAlchemy then invalidates the whole pool (after a failover every pooled
+    connection is), so the next attempt opens a new one instead of meeting
+    the next dead one.
     """
     async with engine.connect() as conn:
-        raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
         try:
-            stored = await raw.fetchval(_STORE_TOKENS, *write.arguments())
+            result = await conn.exec_driver_sql(_STORE_TOKENS, write.arguments())
+            stored = result.first()
         except BaseException:
-            # SQLAlchemy never saw this statement, so it would pool a dead
-            # connection again, or one whose cancelled query is still being
-            # cancelled: the next retry, or a token read, would meet it.
+            # Failed or cut off by the caller's deadline: its state is unknown
+            # (a cancel may still be on its way), so never back into the pool.
             await conn.invalidate()
             raise
     return stored is not None

@@ -67,11 +67,12 @@ class Refresher:
         self._sessions = sessions
         self._broker = broker
         # The lease must outlive one refresh, so a slow one is not claimed
-        # again meanwhile: a wait for the row lock, the upstream call (up to
-        # 2 x its timeout), and storing the answer again if the locked
-        # connection failed (as long again; the row is unlocked then).
+        # again meanwhile: a wait for a pooled connection (up to 10 s) and for
+        # the row lock, the upstream call (up to 2 x its timeout), storing the
+        # answer again if the locked connection failed (as long again; the
+        # row is unlocked then), and 10 s for rollbacks and closes between.
         self._lease_seconds = max(
-            60.0, settings.lock_timeout_seconds + 4 * settings.upstream_timeout_seconds
+            60.0, settings.lock_timeout_seconds + 4 * settings.upstream_timeout_seconds + 20
         )
         # Claimed connections waiting for a worker; refresher_concurrency
         # workers take them one at a time.

@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from service.config import Settings
 from service.db import autocommit, make_engine
@@ -287,6 +288,16 @@ async def _cut_the_refresh_connection(db: asyncpg.Connection, *, every: bool = F
         assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
 
 
+async def _open_the_whole_pool(broker: BrokerHarness, size: int) -> None:
+    """Every pooled connection opened (and back in the pool)."""
+    engine = broker.app.state.runtime.broker._reader
+    held = [await engine.connect() for _ in range(size)]
+    for conn in held:
+        await conn.exec_driver_sql("SELECT 1")
+    for conn in held:
+        await conn.close()
+
+
 async def _lost_refreshes(broker: BrokerHarness) -> float:
     metrics = (await broker.client.get("/metrics")).text
     found = re.search(r'^broker_refreshes_total\{outcome="lost"\} (\S+)$', metrics, re.MULTILINE)
@@ -310,8 +321,7 @@ async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_agai
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
-        for _ in range(4):  # every pooled connection opened
-            await broker.client.get("/v1/connections", headers=broker.admin)
+        await _open_the_whole_pool(broker, 4)
         lost = await _lost_refreshes(broker)
         await emulator.configure(latency_ms=800)
         waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
@@ -388,19 +398,19 @@ async def test_storing_again_never_overwrites_a_row_that_moved_on(
         assert await _lost_refreshes(broker) == lost + 1
 
 
-async def test_store_again_drops_a_dead_pooled_connection(
+async def test_store_again_after_a_failover_opens_a_new_connection(
     clean_db: None,
     emulator: Emulator,
     settings_for: Callable[..., Settings],
     db: asyncpg.Connection,
     database_url: str,
 ) -> None:
-    """After a failover every pooled connection is dead. SQLAlchemy never sees
-    the driver's errors of store_tokens_again, so that function must drop the
-    connection itself; otherwise every retry would meet the same dead one."""
+    """After a failover every pooled connection is dead. Meeting one must
+    retire them all (as SQLAlchemy does for its own statements), so the next
+    attempt opens a new connection instead of meeting the next dead one."""
     async with running_broker(settings_for(), emulator) as broker:
         connection_id = await broker.connect("alice")
-    engine = autocommit(make_engine(database_url, pool_size=1))
+    engine = autocommit(make_engine(database_url, pool_size=3))
     try:
         write = TokenWrite(
             connection_id=connection_id,
@@ -412,12 +422,13 @@ async def test_store_again_drops_a_dead_pooled_connection(
             now=datetime.now(UTC),
             wid=None,
         )
-        async with engine.connect() as conn:  # the pool's one connection, then pooled
-            raw: asyncpg.Connection = (await conn.get_raw_connection()).driver_connection
-            pid = raw.get_server_pid()
-        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+        held = [await engine.connect() for _ in range(3)]  # the whole pool opened
+        for conn in held:
+            await conn.exec_driver_sql("SELECT 1")
+            await conn.close()
+        assert await db.fetchval(_EVERY_OTHER_CONNECTION) == 3
         await asyncio.sleep(0.2)
-        with pytest.raises((asyncpg.InterfaceError, asyncpg.PostgresError, OSError)):
+        with pytest.raises((DBAPIError, asyncpg.InterfaceError)):
             await store_tokens_again(engine, write)
         assert await store_tokens_again(engine, write)  # on a new connection
         assert not await store_tokens_again(engine, write)  # the version moved on
