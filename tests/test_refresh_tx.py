@@ -438,3 +438,45 @@ async def test_store_again_after_a_failover_opens_a_new_connection(
         assert version == 2
     finally:
         await engine.dispose()
+
+
+async def test_tokens_that_cannot_be_stored_in_time_are_counted_lost(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The locked connection dies and the row stays locked elsewhere for longer
+    than the retry may take: the loss is reported (metric, error log), the
+    caller gets a 503, and nothing half-written is left behind."""
+    settings = settings_for(db_pool_size=4, upstream_timeout_seconds=1)
+    async with running_broker(settings, emulator) as broker:
+        connection_id = await broker.connect("alice")
+        headers = await broker.api_key("tokens:read")
+        lost = await _lost_refreshes(broker)
+        await emulator.configure(latency_ms=500)
+        waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+        _, kwargs = asyncpg_dsn(database_url)
+        other = await asyncpg.connect(**kwargs)
+        try:
+            await _cut_the_refresh_connection(db)
+            async with other.transaction():
+                await other.execute(
+                    "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
+                )
+                # Every attempt waits for this lock until the retry's 2 s are up.
+                assert await waiting == 503
+        finally:
+            await other.close()
+        assert await _lost_refreshes(broker) == lost + 1
+        assert any(
+            record.levelname == "ERROR" and "could not be stored" in record.getMessage()
+            for record in caplog.records
+        )
+        row = await db.fetchrow(
+            "SELECT status, token_version FROM connections WHERE id = $1", connection_id
+        )
+        assert (row["status"], row["token_version"]) == ("active", 1)
+        assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
