@@ -102,7 +102,11 @@ class Settings(BaseSettings):
     # fresh session instead of calling Workfront again: callers that saw the
     # old session rejected at about the same time share one refresh even when
     # their requests are spread out a little (or reach different replicas).
-    force_refresh_debounce_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Off by default: the contract says a forced refresh refreshes, and only
+    # concurrent ones share (the flight and the row's version check do that);
+    # a debounce would hand a caller whose new session was rejected that same
+    # session back.
+    force_refresh_debounce_seconds: float = Field(default=0.0, ge=0, le=60)
     # Connections this process keeps open to PostgreSQL. Requests beyond it
     # wait for a free one (up to 10 s) rather than opening and closing extra
     # connections, which under load costs more than the query.
@@ -177,27 +181,22 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    # A short admin key or webhook secret is weak, not unusable: start-up warns
+    # (see weak_secrets) rather than refusing a value the contract allows.
+
     @field_validator("admin_api_key")
     @classmethod
     def _admin_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("must be at least 32 characters")
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
         return value
 
     @field_validator("webhook_secret")
     @classmethod
     def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        encoded = value.get_secret_value().removeprefix("whsec_")
-        try:
-            raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
-        if len(raw) < 24:
+        if value is not None and not webhook_key(value):
             raise ValueError(
-                "must be whsec_ followed by base64 of at least 24 random bytes "
-                "(the Standard Webhooks secret format)"
+                "must be a Standard Webhooks secret: whsec_ followed by base64 of random bytes"
             )
         return value
 
@@ -215,6 +214,20 @@ class Settings(BaseSettings):
         return self
 
     # Derived values -------------------------------------------------------
+
+    def weak_secrets(self) -> list[str]:
+        """Warnings for secrets that work but are easy to guess."""
+        weak = []
+        if self.admin_api_key is not None and len(self.admin_api_key.get_secret_value()) < 32:
+            weak.append(
+                "BROKER_ADMIN_API_KEY is shorter than 32 characters: use a long random value"
+            )
+        if self.webhook_secret is not None and len(webhook_key(self.webhook_secret)) < 24:
+            weak.append(
+                "BROKER_WEBHOOK_SECRET holds fewer than 24 bytes: use whsec_ followed by"
+                " base64 of 24 or more random bytes"
+            )
+        return weak
 
     @property
     def return_url_prefixes(self) -> list[str]:
@@ -275,6 +288,8 @@ def load_settings(*, require_database: bool = False, **overrides: Any) -> Settin
         raise ConfigError(sorted(problems)) from None
     if require_database:
         require_database_url(settings)
+    for warning in settings.weak_secrets():
+        log.warning("%s", warning)
     if settings.expected_domain_lane() is None:
         log.warning(
             "BROKER_WORKFRONT_DOMAIN/BROKER_WORKFRONT_LANE not set and not derivable from "
@@ -320,3 +335,14 @@ def load_database_url() -> str:
         return DatabaseSettings().database_url
     except ValidationError as exc:
         raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+
+
+def webhook_key(secret: SecretStr) -> bytes:
+    """The HMAC key a Standard Webhooks secret stands for, decoded as the
+    reference library decodes it (so a receiver using it with the same string
+    verifies our signatures); empty when it stands for none."""
+    encoded = secret.get_secret_value().removeprefix("whsec_")
+    try:
+        return base64.b64decode(encoded + "==")
+    except (binascii.Error, ValueError):
+        return b""

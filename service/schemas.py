@@ -98,7 +98,8 @@ class ClientCreate(BaseModel):
     @field_validator("scopes")
     @classmethod
     def _scopes(cls, value: list[Scope]) -> list[Scope]:
-        return sorted(set(value))
+        # Duplicates dropped, the caller's order kept: the answer echoes the request.
+        return list(dict.fromkeys(value))
 
 
 class ClientOut(BaseModel):

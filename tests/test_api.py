@@ -364,6 +364,15 @@ async def test_client_name_is_trimmed_and_scopes_deduplicated(broker: BrokerHarn
     assert body["scopes"] == ["tokens:read"]
 
 
+async def test_client_scopes_come_back_in_the_order_asked(broker: BrokerHarness) -> None:
+    asked = ["tokens:read", "connections:write", "connections:read", "tokens:read"]
+    body = await create_client(broker, "ordered", *asked)
+    assert body["scopes"] == ["tokens:read", "connections:write", "connections:read"]
+    listed = await broker.client.get("/v1/clients", headers=broker.admin)
+    (mine,) = [client for client in listed.json() if client["id"] == body["id"]]
+    assert mine["scopes"] == body["scopes"]
+
+
 async def test_two_clients_get_different_keys(broker: BrokerHarness) -> None:
     first = await create_client(broker, "same-name", "tokens:read")
     second = await create_client(broker, "same-name", "tokens:read")
@@ -750,6 +759,18 @@ async def test_list_filters(broker: BrokerHarness, db: asyncpg.Connection) -> No
     assert await listed(limit=2) == everything[:2]
     assert await listed(limit=2, offset=2) == everything[2:]
     assert await listed(offset=10) == []
+    # A page that leaves some out says where the next one is (RFC 8288).
+    first = await broker.client.get(
+        "/v1/connections", params={"limit": 2, "status": "active"}, headers=reader
+    )
+    assert "Link" not in first.headers  # both active ones fit
+    first = await broker.client.get("/v1/connections", params={"limit": 2}, headers=reader)
+    link = first.headers["Link"]
+    assert link.endswith('>; rel="next"')
+    following = await broker.client.get(link[1 : link.index(">")], headers=reader)
+    assert [item["id"] for item in following.json()] == everything[2:]
+    assert "Link" not in following.headers
+    assert "Link" not in (await broker.client.get("/v1/connections", headers=reader)).headers
     erin = (await broker.client.get(f"/v1/connections/{ids['erin']}", headers=reader)).json()
     assert erin["status"] == "needs_reauth"
     assert erin["external_ref"] == "crm-42"

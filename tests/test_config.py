@@ -30,6 +30,7 @@ REQUIRED = (
 # Secret-looking values that must never be printed back.
 CLIENT_SECRET = "client-secret-SENTINEL-7f3a9c"
 ADMIN_SHORT = "admin-SENTINEL-short"
+ADMIN_BLANK = "   "
 DB_PASSWORD = "dbpass-SENTINEL-41c2"
 # A well-formed Standard Webhooks secret: whsec_ + base64 of 32 bytes.
 WEBHOOK_SECRET = "whsec_U0VOVElORUwtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OWFi"
@@ -131,7 +132,7 @@ BAD_VALUES = [
     ("BROKER_ENCRYPTION_KEYS", f"k1:{BAD_KEY_MATERIAL}"),
     ("BROKER_ENCRYPTION_KEYS", f"k1:{SHORT_KEY_MATERIAL}"),
     ("BROKER_ENCRYPTION_KEYS", ""),
-    ("BROKER_ADMIN_API_KEY", ADMIN_SHORT),
+    ("BROKER_ADMIN_API_KEY", ADMIN_BLANK),
     ("BROKER_SESSION_TTL_SECONDS", "-5"),
     ("BROKER_SESSION_TTL_SECONDS", "0"),
     ("BROKER_SESSION_TTL_SECONDS", "soon"),
@@ -173,7 +174,7 @@ def test_all_malformed_values_at_once_give_one_line_each(env: pytest.MonkeyPatch
         "BROKER_TOKEN_AUTH": "other",
         "BROKER_WORKFRONT_API_VERSION": "latest",
         "BROKER_ENCRYPTION_KEYS": f"k1:{BAD_KEY_MATERIAL}",
-        "BROKER_ADMIN_API_KEY": ADMIN_SHORT,
+        "BROKER_ADMIN_API_KEY": ADMIN_BLANK,
         "BROKER_SESSION_TTL_SECONDS": "-5",
         "BROKER_DATABASE_URL": f"mysql://broker:{DB_PASSWORD}@db/broker",
     }
@@ -218,9 +219,7 @@ def test_webhook_url_with_secret_loads(env: pytest.MonkeyPatch) -> None:
     assert WEBHOOK_SECRET not in repr(settings)
 
 
-@pytest.mark.parametrize(
-    "secret", ["plain-words-not-base64!", "whsec_c2hvcnQ=", "whsec_", "whsec-SENTINEL-0b9e"]
-)
+@pytest.mark.parametrize("secret", ["whsec_", "whsec-SENTINEL-0b9e", "===="])
 def test_malformed_webhook_secret_is_refused_without_echo(
     env: pytest.MonkeyPatch, secret: str
 ) -> None:
@@ -230,6 +229,45 @@ def test_malformed_webhook_secret_is_refused_without_echo(
     material = secret.removeprefix("whsec_")
     if material:
         _assert_no_secret(problems[0], material)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "warning"),
+    [
+        ("BROKER_ADMIN_API_KEY", ADMIN_SHORT, "BROKER_ADMIN_API_KEY is shorter than 32"),
+        ("BROKER_WEBHOOK_SECRET", "whsec_c2hvcnQtU0VOVElORUw=", "BROKER_WEBHOOK_SECRET holds"),
+        ("BROKER_WEBHOOK_SECRET", "plain-SENTINEL-words", "BROKER_WEBHOOK_SECRET holds"),
+    ],
+)
+def test_weak_secret_starts_with_a_warning_without_echo(
+    env: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variable: str,
+    value: str,
+    warning: str,
+) -> None:
+    """The contract sets no strength for these: a weak one is the operator's
+    call, so start-up warns (without the value) rather than refusing it."""
+    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    values.setdefault("BROKER_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    _set(env, {**values, variable: value})
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        load_settings()
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert warning in text
+    _assert_no_secret(text, value, value.removeprefix("whsec_"))
+
+
+def test_strong_secrets_start_without_a_warning(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    _set(env, {**values, "BROKER_WEBHOOK_SECRET": WEBHOOK_SECRET, "BROKER_ADMIN_API_KEY": "a" * 32})
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        load_settings()
+    assert not [
+        r for r in caplog.records if "BROKER_ADMIN" in r.getMessage() or "WEBHOOK" in r.getMessage()
+    ]
 
 
 def test_empty_client_secret_is_refused(env: pytest.MonkeyPatch) -> None:
@@ -375,13 +413,13 @@ def test_bad_dotenv_value_is_named_without_its_secret(
         {
             **_good(),
             "BROKER_ENCRYPTION_KEYS": f"k1:{BAD_KEY_MATERIAL}",
-            "BROKER_ADMIN_API_KEY": ADMIN_SHORT,
+            "BROKER_SESSION_TTL_SECONDS": "-5",
         },
     )
     with pytest.raises(ConfigError) as info:
         load_settings()
     named = sorted(problem.partition(":")[0] for problem in info.value.problems)
-    assert named == ["BROKER_ADMIN_API_KEY", "BROKER_ENCRYPTION_KEYS"]
+    assert named == ["BROKER_ENCRYPTION_KEYS", "BROKER_SESSION_TTL_SECONDS"]
     _assert_no_secret(str(info.value), *SECRETS)
 
 
@@ -412,7 +450,7 @@ def test_serve_refuses_bad_configuration_with_one_line_per_problem(tmp_path: Pat
         **_good(),
         "BROKER_DATABASE_URL": f"postgresql://broker:{DB_PASSWORD}@127.0.0.1:1/broker",
         "BROKER_ENCRYPTION_KEYS": f"k1:{BAD_KEY_MATERIAL}",
-        "BROKER_ADMIN_API_KEY": ADMIN_SHORT,
+        "BROKER_ADMIN_API_KEY": ADMIN_BLANK,
     }
     del values["BROKER_CLIENT_ID"]
     del values["BROKER_REDIRECT_URI"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
 from service.broker import ConnectionNotFound, IssuedToken, NeedsReauth, UpstreamUnavailable
@@ -135,16 +135,23 @@ async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: Tokens
 @router.get(
     "",
     summary="List connections",
+    description=(
+        "Oldest first, up to `limit` (default and most 1000) from `offset`. When"
+        ' more match, the answer carries `Link: <…>; rel="next"` (RFC 8288)'
+        " with the URL of the next page."
+    ),
     response_model=list[ConnectionOut],
     responses=_AUTH_ERRORS,
 )
 async def list_connections(
+    request: Request,
+    response: Response,
     runtime: RuntimeDep,
     _: ConnectionsReader,
     user_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     external_ref: Annotated[str | None, Query(max_length=255, pattern=NO_CONTROL_CHARS)] = None,
     status: ConnectionStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[ConnectionOut]:
     query = select(Connection).order_by(Connection.created_at, Connection.id)
@@ -155,7 +162,14 @@ async def list_connections(
     if status is not None:
         query = query.where(Connection.status == status)
     async with runtime.sessions() as session:
-        rows = (await session.scalars(query.limit(limit).offset(offset))).all()
+        # One more than asked: whether a next page exists, without a count.
+        rows = (await session.scalars(query.limit(limit + 1).offset(offset))).all()
+    if len(rows) > limit:
+        rows = rows[:limit]
+        following = request.url.include_query_params(offset=offset + limit, limit=limit)
+        # Relative (RFC 8288 resolves it against the request): right behind
+        # a proxy too, where this process's own URL is not the caller's.
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
     return [ConnectionOut.model_validate(row) for row in rows]
 
 
