@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
@@ -90,8 +91,24 @@ async def serve_until_signalled(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
     try:
         await asyncio.gather(*(server.serve() for server in servers))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: write where every task of the process is waiting to stderr.
+
+    For a process that answers nothing: if this prints, the event loop runs
+    and the stacks show which await is stuck; if it does not, something
+    blocks the loop itself (then ``py-spy dump`` shows where).
+    """
+    tasks = asyncio.all_tasks()
+    print(f"--- SIGUSR1: {len(tasks)} tasks ---", file=sys.stderr)
+    for task in tasks:
+        print(f"task {task.get_name()}:", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    print("--- end of tasks ---", file=sys.stderr, flush=True)

@@ -107,7 +107,18 @@ class Replicas:
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}"
             await asyncio.sleep(0.1)
-        tail = (self.log_dir / f"replica-{index}.log").read_text()[-3000:]
+        process = self.processes[index]
+        if process is not None and process.poll() is None:
+            # Alive but not ready: does its loop answer at all (healthz needs
+            # no database), and where is every task waiting (SIGUSR1)?
+            try:
+                health = await client.get(f"{self.urls[index]}/healthz", timeout=2)
+                last += f"; /healthz {health.status_code}"
+            except httpx.TransportError as exc:
+                last += f"; /healthz {type(exc).__name__}"
+            process.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(1.5)
+        tail = (self.log_dir / f"replica-{index}.log").read_text()[-12000:]
         raise AssertionError(f"replica {index} not ready ({last}); its log ends:\n{tail}")
 
 

@@ -129,3 +129,21 @@ async def test_sigterm_gives_up_a_refresh_stuck_on_the_row_lock_in_bounded_time(
     # Workfront never saw a refresh, and the stored token is untouched.
     assert [r for r in await broker.emulator.requests() if r.get("refresh_token")] == []
     assert await _stored_refresh_token(db, connection_id) == before
+
+
+async def test_sigusr1_writes_every_task_and_the_broker_goes_on(
+    broker: BrokerHarness, database_url: str, tmp_path: Path
+) -> None:
+    """An operator's view into a process that answers nothing (docs/operations.md)."""
+    log = tmp_path / "serve.log"
+    async with one_serve(broker.settings, database_url, log) as (process, url):
+        process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "--- end of tasks ---" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            await asyncio.sleep(0.05)
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            assert (await client.get("/healthz")).status_code == 200
+    dump = log.read_text()
+    assert "--- SIGUSR1:" in dump
+    assert "task refresher" in dump or "task hot-cache" in dump
