@@ -453,6 +453,13 @@ class Broker:
             # A forced caller saw its session rejected; a flight that may not go
             # upstream (not forced) or that started from an older version could
             # hand that very session back. Let it finish, then refresh anew.
+            if flight.task.done():
+                # Finished, but its done callback (forget) has not run yet.
+                # Awaiting a finished task returns without yielding to the event
+                # loop, so this loop would spin forever and the whole process
+                # would stop answering. The flight is over: drop it here.
+                del self._flights[connection_id]
+                continue
             try:
                 await asyncio.shield(flight.task)
             except asyncio.CancelledError:

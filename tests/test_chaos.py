@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,8 +119,30 @@ class Replicas:
                 last += f"; /healthz {type(exc).__name__}"
             process.send_signal(signal.SIGUSR1)
             await asyncio.sleep(1.5)
+            last += f"; {_process_state(process.pid)}"
         tail = (self.log_dir / f"replica-{index}.log").read_text()[-12000:]
         raise AssertionError(f"replica {index} not ready ({last}); its log ends:\n{tail}")
+
+
+def _process_state(pid: int) -> str:
+    """Where a process that answers nothing is: its kernel state and wait
+    channel, and its Python stacks when py-spy is installed (make bench)."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = next(
+            line for line in (proc / "status").read_text().splitlines() if line.startswith("State")
+        )
+        wchan = (proc / "wchan").read_text()
+    except OSError as exc:
+        return f"no /proc entry ({exc})"
+    found = f"{state.split(':', 1)[1].strip()}, wchan {wchan or '-'}"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if Path(spy).exists():
+        dump = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        )
+        found += f"\npy-spy dump:\n{dump.stdout}{dump.stderr}"
+    return found
 
 
 async def test_chaos(

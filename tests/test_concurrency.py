@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import FrameType
 
 import asyncpg
 import httpx
 import pytest
 
+from service.broker import IssuedToken, _Ask, _Flight
 from service.config import Settings
 from tests.conftest import BrokerHarness, Emulator, outlive_hot_cache, running_broker
 from tests.processes import serve_processes
@@ -285,3 +288,42 @@ async def test_forced_refreshes_just_after_a_refresh_are_debounced(
         assert first.status_code == second.status_code == 200
         assert first.json()["session_id"] == second.json()["session_id"]
     assert len(await _refresh_requests(emulator)) == 1
+
+
+async def test_a_forced_caller_does_not_spin_on_a_flight_that_just_finished(
+    broker: BrokerHarness,
+) -> None:
+    """A flight whose task has finished stays registered until its done
+    callback runs, a turn of the event loop later. A forced caller arriving in
+    between used to await it again and again without ever yielding: the
+    process stopped answering anything (seen in the chaos test as a replica
+    whose /healthz timed out). SIGALRM breaks such a spin, failing the test
+    instead of hanging it."""
+    connection_id = await broker.connect("spin")
+    core = broker.app.state.runtime.broker
+
+    async def finished_refresh() -> IssuedToken:
+        token: IssuedToken = await core.get_token(connection_id, min_ttl=0)
+        return token
+
+    finished = asyncio.create_task(finished_refresh())
+    await finished
+    answered = asyncio.get_running_loop().create_future()
+    answered.set_result(None)
+    # As _flight registers one, minus the callback that would forget it.
+    core._flights[connection_id] = _Flight(
+        task=finished, ask=_Ask(seen_version=1, min_ttl=60, forced=False), answered=answered
+    )
+
+    def spinning(signum: int, frame: FrameType | None) -> None:
+        raise TimeoutError("the forced caller spun without yielding to the event loop")
+
+    previous = signal.signal(signal.SIGALRM, spinning)
+    signal.setitimer(signal.ITIMER_REAL, 10)
+    try:
+        token = await core.force_refresh(connection_id)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert token.token_version == 2  # refreshed anew, not handed the old answer
+    assert await broker.emulator.presented_twice() == []
