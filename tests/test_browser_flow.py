@@ -164,6 +164,28 @@ async def test_state_from_another_browser_is_refused(
     assert (await broker.client.get(callback)).status_code == 200
 
 
+async def test_two_sign_ins_in_one_browser_both_finish(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    """Two tabs: the second /oauth/authorize must not orphan the first."""
+    first = await broker.authorize("tab-one")
+    second = await broker.authorize("tab-two")
+    assert (await broker.client.get(second)).status_code == 200
+    assert (await broker.client.get(first)).status_code == 200
+    assert await db.fetchval("SELECT count(*) FROM connections") == 2
+
+
+async def test_a_refused_tab_does_not_spoil_another_in_the_same_browser(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    first = await broker.authorize("tab-one")
+    second = await broker.authorize("tab-two")
+    await _assert_refused(
+        broker, db, with_query(first, domain="evil"), says="different Workfront instance"
+    )
+    assert (await broker.client.get(second)).status_code == 200
+
+
 @pytest.mark.parametrize(("domain", "lane"), [("evil", "my"), ("acme", "preview"), (None, None)])
 async def test_wrong_domain_or_lane_is_refused(
     broker: BrokerHarness, db: asyncpg.Connection, domain: str | None, lane: str | None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ router = APIRouter(tags=["browser flow"])
 log = logging.getLogger(__name__)
 
 ATTEMPT_COOKIE = "wtb_attempt"
+_BROWSER_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
 LINK_COOKIE = "wtb_link"
 ATTEMPT_TTL = timedelta(minutes=10)
 _COOKIE_PATH = "/oauth"
@@ -183,12 +185,13 @@ async def _error_page(
         app_url=retry.app_url,
         nothing_stored=nothing_stored,
     )
-    _forget_attempt(response)
+    _forget_link(response)
     return response
 
 
-def _forget_attempt(response: Response) -> None:
-    response.delete_cookie(ATTEMPT_COOKIE, path=_COOKIE_PATH)
+def _forget_link(response: Response) -> None:
+    # Not the attempt cookie: other tabs' attempts still need it. It expires
+    # with them, and it matches only states that are single use anyway.
     response.delete_cookie(LINK_COOKIE, path=_COOKIE_PATH)
 
 
@@ -295,7 +298,12 @@ async def start_authorization(
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
     state = secrets.token_urlsafe(32)  # 256 bits
-    browser = secrets.token_urlsafe(32)
+    # One binding secret per browser, shared by every attempt it starts: a
+    # second tab must not orphan the first one's attempt. Only a value of the
+    # shape this code makes is kept.
+    browser = request.cookies.get(ATTEMPT_COOKIE) or ""
+    if not _BROWSER_SECRET.fullmatch(browser):
+        browser = secrets.token_urlsafe(32)
     attempt_id = uuid.uuid4()
     verifier = secrets.token_urlsafe(48) if settings.pkce else None
     now = now_utc()
@@ -387,7 +395,7 @@ async def oauth_callback(
             connection_id=connection_id,
             created=created,
         )
-    _forget_attempt(response)
+    _forget_link(response)
     return response
 
 
