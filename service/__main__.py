@@ -105,7 +105,7 @@ async def _rotate_keys(batch_size: int) -> tuple[int, str]:
     from service.broker import RotationStuck
     from service.runtime import open_runtime
 
-    settings = load_settings()
+    settings = load_settings(require_database=True)
     async with open_runtime(settings) as runtime:
         try:
             changed = await runtime.broker.reencrypt_all(batch_size=batch_size)
@@ -207,6 +207,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        from service.problems import is_database_outage
+
+        if not is_database_outage(exc):
+            raise
+        # One line, not a traceback; never the URL (it may carry a password).
+        print(
+            f"error: cannot reach the database of BROKER_DATABASE_URL ({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

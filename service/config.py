@@ -210,7 +210,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _webhook_pair(self) -> Settings:
         if (self.webhook_url is None) != (self.webhook_secret is None):
-            raise ValueError("BROKER_WEBHOOK_URL and BROKER_WEBHOOK_SECRET must be set together")
+            raise ValueError(WEBHOOK_PAIR_PROBLEM)
         return self
 
     # Derived values -------------------------------------------------------
@@ -264,6 +264,28 @@ def _split_csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+WEBHOOK_PAIR_PROBLEM = "BROKER_WEBHOOK_URL and BROKER_WEBHOOK_SECRET must be set together"
+
+
+class _WebhookPair(BaseSettings):
+    """The two webhook variables as given, for the pairing check when other
+    values are bad (pydantic skips model validators then)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
+
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+
+
+def _webhook_pair_broken(overrides: dict[str, Any]) -> bool:
+    given = _WebhookPair()
+    url = overrides.get("webhook_url", given.webhook_url) or None
+    secret = overrides.get("webhook_secret", given.webhook_secret) or None
+    return (url is None) != (secret is None)
+
+
 def _problem_line(error: Any) -> str:
     loc = error.get("loc") or ()
     field = str(loc[0]) if loc else ""
@@ -283,6 +305,8 @@ def load_settings(*, require_database: bool = False, **overrides: Any) -> Settin
         settings = Settings(**overrides)
     except ValidationError as exc:
         problems = [_problem_line(error) for error in exc.errors()]
+        if WEBHOOK_PAIR_PROBLEM not in problems and _webhook_pair_broken(overrides):
+            problems.append(WEBHOOK_PAIR_PROBLEM)
         if require_database and not _database_url_given(overrides):
             problems.append(f"{ENV_PREFIX}DATABASE_URL: required but not set")
         raise ConfigError(sorted(problems)) from None

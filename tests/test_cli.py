@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import httpx
+import pytest
 
 from service.config import Settings
 from tests.conftest import Emulator, env_without_broker, free_port, run_cli, running_broker
@@ -29,6 +30,36 @@ def test_migrate_without_database_url_says_so(tmp_path: Path) -> None:
     result = run_cli("migrate", env=env_without_broker(), cwd=tmp_path)
     assert result.returncode == 2
     assert "configuration error: BROKER_DATABASE_URL: required but not set" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["migrate"], ["clients", "create", "--name", "ops", "--scope", "tokens:read"]],
+    ids=["migrate", "clients-create"],
+)
+def test_an_unreachable_database_is_one_line_without_the_url(
+    tmp_path: Path, command: list[str]
+) -> None:
+    unreachable = "postgresql://broker:pw-SENTINEL-db@127.0.0.1:1/broker"
+    result = run_cli(
+        *command, env=env_without_broker(BROKER_DATABASE_URL=unreachable), cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: cannot reach the database of BROKER_DATABASE_URL (ConnectionRefusedError)"
+    ]
+    assert "pw-SENTINEL-db" not in result.stdout + result.stderr
+
+
+def test_keys_rotate_names_every_missing_variable_at_once(tmp_path: Path) -> None:
+    result = run_cli("keys", "rotate", env=env_without_broker(), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    named = [
+        line.removeprefix("configuration error: ").partition(":")[0]
+        for line in result.stderr.splitlines()
+    ]
+    assert "BROKER_DATABASE_URL" in named
+    assert "BROKER_ENCRYPTION_KEYS" in named
 
 
 async def test_clients_create_prints_a_working_key(

@@ -210,6 +210,14 @@ def test_webhook_url_and_secret_go_together(env: pytest.MonkeyPatch, given: dict
     _assert_no_secret(problems[0], WEBHOOK_SECRET)
 
 
+def test_webhook_pairing_is_reported_with_the_other_problems(env: pytest.MonkeyPatch) -> None:
+    values = {**_good(), "BROKER_TOKEN_AUTH": "other", "BROKER_WEBHOOK_URL": "https://h.example/in"}
+    problems = _problems(env, values)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("BROKER_TOKEN_AUTH: ")
+    assert "BROKER_WEBHOOK_URL and BROKER_WEBHOOK_SECRET" in problems[1]
+
+
 def test_webhook_url_with_secret_loads(env: pytest.MonkeyPatch) -> None:
     _set(env, {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"})
     env.setenv("BROKER_WEBHOOK_SECRET", WEBHOOK_SECRET)
