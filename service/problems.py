@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -134,8 +134,26 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+_SCHEMA_MISSING_SQLSTATES = ("42P01", "3F000")  # undefined table, undefined schema
+
+
+def _sqlstate(exc: BaseException) -> str:
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(getattr(cause, "sqlstate", None) or "")
+
+
 def unexpected_error_response(exc: Exception) -> JSONResponse:
-    """The answer to an error no handler expected: 503 for a database outage, else 500."""
+    """The answer to an error no handler expected: 503 for a database outage
+    or a schema not migrated yet, else 500."""
+    if _sqlstate(exc) in _SCHEMA_MISSING_SQLSTATES:
+        # Not migrated (yet): the deployment's state, not a bug; /readyz says the same.
+        log.error("database schema missing: run `python -m service migrate`")
+        return problem_response(
+            503,
+            "schema-missing",
+            "the broker's database schema is missing or behind; try again shortly",
+            headers={"Retry-After": "5"},
+        )
     if is_database_outage(exc):
         # PostgreSQL unreachable is an outage, not a client error and not a
         # reason to tell a caller its key is unknown: 503, try again shortly.
@@ -165,6 +183,37 @@ def problem_doc(status: int, description: str) -> dict[str, Any]:
 _SLUGS = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized"}
 
 
+_PAGE_PREFIXES = ("/connect", "/oauth/", "/status")
+
+
+def _page_for(request: Request, status: int) -> Response:
+    from service.pages import render  # pages import config, not this module's users
+
+    unavailable = status == 503
+    response = render(
+        request,
+        request.app.state.runtime.settings,
+        "error.html",
+        status,
+        title="The broker is unavailable" if unavailable else "Something went wrong",
+        message=(
+            "The broker cannot reach its database right now."
+            if unavailable
+            else "The broker met an unexpected error."
+        ),
+        next_step="Wait a minute, then reload this page or start again."
+        if unavailable
+        else "Start again; if it happens again, tell the team that runs the broker.",
+        code="unavailable" if unavailable else "internal_error",
+        retry_url=None,
+        app_url=None,
+        nothing_stored=unavailable,
+    )
+    if unavailable:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
@@ -183,8 +232,12 @@ def install_problem_handlers(app: FastAPI) -> None:
             422, "invalid-request", "the request is not valid", extra={"errors": errors}
         )
 
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return unexpected_error_response(exc)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        answer = unexpected_error_response(exc)
+        if request.url.path.startswith(_PAGE_PREFIXES) and hasattr(request.app.state, "runtime"):
+            # A person's browser: the same status as a page, not JSON.
+            return _page_for(request, answer.status_code)
+        return answer
 
     # Registered for the broad classes: Starlette picks the most specific
     # handler, and these run before the server's bare 500.

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -15,9 +16,18 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import make_url
 
 from service.config import Settings
-from tests.conftest import Emulator, env_without_broker, free_port, run_cli, running_broker
+from tests.conftest import (
+    Emulator,
+    asyncpg_dsn,
+    env_without_broker,
+    free_port,
+    make_settings,
+    run_cli,
+    running_broker,
+)
 
 
 def test_migrate_is_idempotent(database_url: str) -> None:
@@ -107,6 +117,31 @@ async def test_readyz_says_when_the_schema_is_behind(
         finally:
             await db.execute("UPDATE alembic_version SET version_num = $1", head)
         assert (await broker.client.get("/healthz")).status_code == 200
+
+
+async def test_an_unmigrated_database_answers_503_not_500(
+    pg_server_url: str, emulator: Emulator, encryption_keys: str
+) -> None:
+    """`serve` before `migrate`: the API and the pages say "not ready", as
+    /readyz does, instead of an internal error."""
+    name = f"broker_unmigrated_{uuid.uuid4().hex[:8]}"
+    _, admin_kwargs = asyncpg_dsn(pg_server_url)
+    admin = await asyncpg.connect(**admin_kwargs)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+        settings = make_settings(url, emulator.base_url, encryption_keys)
+        async with running_broker(settings, emulator) as broker:
+            api = await broker.client.get("/v1/connections", headers=broker.admin)
+            assert api.status_code == 503, api.text
+            assert api.json()["type"].endswith("schema-missing")
+            page = await broker.client.get("/oauth/authorize")
+            assert page.status_code == 503
+            assert page.headers["content-type"].startswith("text/html")
+            assert (await broker.client.get("/readyz")).status_code == 503
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 async def _wait_for_key(process: subprocess.Popen[str], log: Path) -> str:

@@ -115,6 +115,11 @@ async def test_database_outage_answers_503_and_recovers(
         await asyncio.sleep(2)
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
+        # A person's browser gets a page, not JSON.
+        page = await client.get("/oauth/authorize")
+        assert page.status_code == 503, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert "cannot reach its database" in page.text
         during = Counter(statuses)
         await asyncio.to_thread(stoppable_pg.start)
 
