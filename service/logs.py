@@ -72,14 +72,27 @@ class ContextFilter(logging.Filter):
 class _TextFormatter(logging.Formatter):
     """Readable lines for a terminal, the context ids appended when present."""
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # A request's path (a 404's raw path, a path parameter) can carry a
+        # newline or NUL: escaped, so no one can forge a log line. (JSON lines
+        # escape them anyway; a traceback below the line keeps its newlines.)
+        return _escaped(super().formatMessage(record))
+
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         extras = [
-            f"{name}={getattr(record, name)}"
+            f"{name}={_escaped(str(getattr(record, name)))}"
             for name in _CONTEXT_FIELDS
             if getattr(record, name, None) is not None
         ]
         return f"{line} [{' '.join(extras)}]" if extras else line
+
+
+_CONTROL_CHARACTERS = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)}
+
+
+def _escaped(text: str) -> str:
+    return text.translate(_CONTROL_CHARACTERS)
 
 
 def make_formatter(log_format: LogFormat) -> logging.Formatter:

@@ -9,6 +9,7 @@ no token, code, key, state or secret the test knows may appear anywhere.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 from service.crypto import parse_keyring
+from service.logs import make_formatter
 from service.routes.oauth import ATTEMPT_COOKIE
 from tests.conftest import ADMIN_KEY, CLIENT_SECRET, BrokerHarness, login_at_emulator
 from tests.processes import serve_processes
@@ -197,3 +199,18 @@ async def test_serve_writes_json_lines_with_context_and_no_secret(
     ]
     assert revoked_line["connection_id"] == bob
     assert revoked_line["level"] == "WARNING"
+
+
+def test_text_lines_escape_control_characters_from_requests() -> None:
+    """A path can carry a newline or NUL (a 404's raw path, a path parameter):
+    in text logs it must not start a forged line of its own."""
+    formatter = make_formatter("text")
+    record = logging.LogRecord(
+        "service.access", logging.INFO, "x.py", 1, "GET %s 404", ("/a\nFAKE ERROR\x00",), None
+    )
+    record.connection_id = "c\r\nd"
+    line = formatter.format(record)
+    for control in ("\n", "\r", "\x00"):
+        assert control not in line
+    assert "GET /a\\x0aFAKE ERROR\\x00 404" in line
+    assert "connection_id=c\\x0d\\x0ad" in line
