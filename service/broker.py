@@ -36,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import ARRAY, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import UUID, insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service import webhooks
@@ -53,7 +53,7 @@ from service.models import (
     ConnectSession,
     Event,
 )
-from service.problems import is_database_outage
+from service.problems import is_database_outage, sqlstate
 from service.refresh_tx import (
     LockedRow,
     RefreshTransaction,
@@ -195,8 +195,7 @@ def _worth_storing_again(exc: Exception) -> bool:
     if is_database_outage(exc):  # TimeoutError included (an OSError)
         return True
     # From the driver (the locked connection) or wrapped by SQLAlchemy (a retry).
-    cause = exc.orig if isinstance(exc, DBAPIError) else exc
-    return getattr(cause, "sqlstate", None) in _RETRYABLE_SQLSTATES
+    return sqlstate(exc) in _RETRYABLE_SQLSTATES
 
 
 def _resolve(answered: asyncio.Future[None]) -> None:

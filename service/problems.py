@@ -26,6 +26,12 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 _OUTAGE_SQLSTATE_PREFIXES = ("08", "57P", "53")
 
 
+def sqlstate(exc: BaseException) -> str:
+    """PostgreSQL's SQLSTATE of an error, from the driver or wrapped by SQLAlchemy; "" if none."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    return str(getattr(cause, "sqlstate", None) or "")
+
+
 def is_database_outage(exc: BaseException) -> bool:
     """Whether an exception means PostgreSQL is unreachable (answer 503), not a bug (500)."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | OSError):
@@ -34,14 +40,11 @@ def is_database_outage(exc: BaseException) -> bool:
         # Not its client-side errors (DataError, ClientConfigurationError, both
         # ValueErrors): a bad query argument is a bug, not an outage.
         return not isinstance(exc, ValueError)
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return sqlstate.startswith(_OUTAGE_SQLSTATE_PREFIXES)
-    if isinstance(exc, asyncpg.PostgresError):
-        # Raised by the refresh transaction, which runs on the driver itself.
-        return (exc.sqlstate or "").startswith(_OUTAGE_SQLSTATE_PREFIXES)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, DBAPIError | asyncpg.PostgresError):
+        # asyncpg's own: raised by the refresh transaction, which runs on the driver.
+        return sqlstate(exc).startswith(_OUTAGE_SQLSTATE_PREFIXES)
     return False
 
 
@@ -137,15 +140,10 @@ def _allowed_methods(request: Request) -> str:
 _SCHEMA_MISSING_SQLSTATES = ("42P01", "3F000")  # undefined table, undefined schema
 
 
-def _sqlstate(exc: BaseException) -> str:
-    cause = exc.orig if isinstance(exc, DBAPIError) else exc
-    return str(getattr(cause, "sqlstate", None) or "")
-
-
 def unexpected_error_response(exc: Exception) -> JSONResponse:
     """The answer to an error no handler expected: 503 for a database outage
     or a schema not migrated yet, else 500."""
-    if _sqlstate(exc) in _SCHEMA_MISSING_SQLSTATES:
+    if sqlstate(exc) in _SCHEMA_MISSING_SQLSTATES:
         # Not migrated (yet): the deployment's state, not a bug; /readyz says the same.
         log.error("database schema missing: run `python -m service migrate`")
         return problem_response(

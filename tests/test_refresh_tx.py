@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.db import autocommit, make_engine
@@ -288,9 +289,8 @@ async def _cut_the_refresh_connection(db: asyncpg.Connection, *, every: bool = F
         assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
 
 
-async def _open_the_whole_pool(broker: BrokerHarness, size: int) -> None:
+async def _open_the_whole_pool(engine: AsyncEngine, size: int) -> None:
     """Every pooled connection opened (and back in the pool)."""
-    engine = broker.app.state.runtime.broker._reader
     held = [await engine.connect() for _ in range(size)]
     for conn in held:
         await conn.exec_driver_sql("SELECT 1")
@@ -321,7 +321,7 @@ async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_agai
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
-        await _open_the_whole_pool(broker, 4)
+        await _open_the_whole_pool(broker.app.state.runtime.broker._reader, 4)
         lost = await _lost_refreshes(broker)
         await emulator.configure(latency_ms=800)
         waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
@@ -422,10 +422,7 @@ async def test_store_again_after_a_failover_opens_a_new_connection(
             now=datetime.now(UTC),
             wid=None,
         )
-        held = [await engine.connect() for _ in range(3)]  # the whole pool opened
-        for conn in held:
-            await conn.exec_driver_sql("SELECT 1")
-            await conn.close()
+        await _open_the_whole_pool(engine, 3)
         assert await db.fetchval(_EVERY_OTHER_CONNECTION) == 3
         await asyncio.sleep(0.2)
         with pytest.raises((DBAPIError, asyncpg.InterfaceError)):

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.deps import RuntimeDep
+from service.problems import sqlstate
 from service.stored_keys import missing_keys_problem
 
 router = APIRouter(tags=["operations"])
@@ -39,8 +40,8 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
     except (SQLAlchemyError, OSError) as exc:
         # The SQLSTATE tells "too many connections" from "server gone" without
         # printing the driver's message (which can quote statement values).
-        sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-        log.warning("readiness: database check failed (%s %s)", type(exc).__name__, sqlstate)
+        state = sqlstate(exc) or None
+        log.warning("readiness: database check failed (%s %s)", type(exc).__name__, state)
         return JSONResponse({"status": "unavailable", "reason": "database"}, status_code=503)
     if missing:
         log.error("readiness: %s", missing_keys_problem(missing))
