@@ -37,7 +37,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 openapi: install
-	$(BIN)/python -m service.openapi_export openapi/openapi.json
+	$(BIN)/python -m service.web.openapi_export openapi/openapi.json
 
 $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

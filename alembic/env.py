@@ -10,9 +10,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import context
-from service import models  # noqa: F401  (registers the tables on Base.metadata)
 from service.config import normalize_database_url
-from service.db import Base
+from service.db.models import Base  # the tables register on Base.metadata
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -3,7 +3,7 @@
 `baseline_app.py PORT BODY_JSON` serves `GET /v1/connections/{connection_id}/token`
 answering the constant BODY_JSON (a real token answer's size) the way a plain
 FastAPI route does: the route returns the dict and FastAPI serializes it. Same
-uvicorn config (service.serving.make_server: no access log, no server header)
+uvicorn config (service.web.serving.make_server: no access log, no server header)
 and the same uvloop event loop as `python -m service serve`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from service.serving import make_server, run_event_loop, serve_until_signalled
+from service.web.serving import make_server, run_event_loop, serve_until_signalled
 
 
 def create_app(body: dict[str, Any]) -> FastAPI:

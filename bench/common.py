@@ -30,9 +30,9 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
 
-from service.__main__ import migrate
 from service.config import normalize_database_url
 from service.crypto import TokenCipher, generate_key, row_aad
+from service.db.migrations import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 PLOTS = REPO / "docs" / "bench"

@@ -9,22 +9,14 @@ import sys
 from collections.abc import Sequence
 
 from service.config import ConfigError, Settings, load_database_url, load_settings
+from service.connections.stored_keys import missing_keys_problem
+from service.db.migrations import migrate
 from service.logs import configure_logging
-from service.stored_keys import missing_keys_problem
-
-
-def migrate(database_url: str) -> None:
-    from alembic import command
-    from service.runtime import alembic_config
-
-    config = alembic_config(database_url)
-    config.attributes["configure_logging"] = False
-    command.upgrade(config, "head")
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
     from service.app import begin_shutdown, create_app
-    from service.serving import make_server, run_event_loop, serve_until_signalled
+    from service.web.serving import make_server, run_event_loop, serve_until_signalled
 
     settings = load_settings(require_database=True)
     configure_logging(settings.log_level, settings.log_format)
@@ -49,7 +41,7 @@ def _cmd_migrate(_: argparse.Namespace) -> None:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> None:
-    from service.emulator import EmulatorSettings, run_emulator
+    from service.emulator.app import EmulatorSettings, run_emulator
 
     configure_logging()
     settings = EmulatorSettings(
@@ -71,8 +63,8 @@ def _cmd_dev(args: argparse.Namespace) -> None:
 
 
 async def _create_client(name: str, scopes: list[str]) -> str:
-    from service.db import make_engine, make_session_factory
-    from service.routes.clients import create_client
+    from service.db.engine import make_engine, make_session_factory
+    from service.web.routes.clients import create_client
 
     engine = make_engine(load_database_url(), pool_size=1)
     try:
@@ -87,7 +79,7 @@ async def _create_client(name: str, scopes: list[str]) -> str:
 def _cmd_clients_create(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from service.schemas import ClientCreate
+    from service.web.schemas import ClientCreate
 
     try:
         body = ClientCreate(name=args.name, scopes=args.scope)
@@ -102,8 +94,8 @@ def _cmd_clients_create(args: argparse.Namespace) -> None:
 
 
 async def _rotate_keys(batch_size: int) -> tuple[int, str]:
-    from service.broker import RotationStuck
     from service.runtime import open_runtime
+    from service.tokens.broker import RotationStuck
 
     settings = load_settings(require_database=True)
     async with open_runtime(settings) as runtime:
@@ -132,9 +124,9 @@ async def _missing_stored_keys(settings: Settings) -> list[str]:
     """Key ids stored values use that the keyring lacks; [] if it cannot tell yet."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from service.connections.stored_keys import missing_key_ids
     from service.crypto import TokenCipher
-    from service.db import make_engine
-    from service.stored_keys import missing_key_ids
+    from service.db.engine import make_engine
 
     cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
     engine = make_engine(load_database_url(), pool_size=1)
@@ -208,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except Exception as exc:
-        from service.problems import is_database_outage
+        from service.db.errors import is_database_outage
 
         if not is_database_outage(exc):
             raise

@@ -10,18 +10,18 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.access_log import AccessLogMiddleware
-from service.background import run_rounds
 from service.config import Settings
-from service.fastpath import TokenFastPath
-from service.pages import static_files
-from service.problems import Problem, install_problem_handlers
-from service.refresher import Refresher
-from service.retention import PRUNE_EVERY_SECONDS, prune_events
-from service.routes import clients, connect_sessions, connections, oauth, ops, status
 from service.runtime import open_runtime
-from service.schemas import ClientCreate, ConnectSessionCreate
-from service.webhooks import WebhookDeliverer
+from service.web.access_log import AccessLogMiddleware
+from service.web.fastpath import TokenFastPath
+from service.web.pages import static_files
+from service.web.problems import Problem, install_problem_handlers
+from service.web.routes import clients, connect_sessions, connections, oauth, ops, status
+from service.web.schemas import ClientCreate, ConnectSessionCreate
+from service.workers.refresher import Refresher
+from service.workers.retention import PRUNE_EVERY_SECONDS, prune_events
+from service.workers.rounds import run_rounds
+from service.workers.webhooks import WebhookDeliverer
 
 DESCRIPTION = """\
 Owns a Workfront OAuth2 app, connects Workfront users through the
@@ -151,7 +151,7 @@ def _register_problem_schema(app: FastAPI) -> None:
         schema = original()
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
-        # Bodies parsed by service.deps.json_body are referenced, not inferred.
+        # Bodies parsed by service.web.deps.json_body are referenced, not inferred.
         for model in (Problem, ClientCreate, ConnectSessionCreate):
             schemas[model.__name__] = model.model_json_schema(
                 ref_template="#/components/schemas/{model}"

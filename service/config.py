@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=5.0, gt=0, le=3600)
     retry_max_seconds: float = Field(default=300.0, gt=0, le=86_400)
     webhook_poll_seconds: float = Field(default=1.0, gt=0, le=3600)
-    # Audit events older than this are deleted (service.retention); 0 keeps
+    # Audit events older than this are deleted (service.workers.retention); 0 keeps
     # them forever.
     event_retention_days: int = Field(default=30, ge=0, le=36_500)
     webhook_max_attempts: int = Field(default=30, ge=1, le=1000)

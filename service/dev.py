@@ -15,8 +15,8 @@ from typing import Any
 
 from service.config import load_settings, normalize_database_url
 from service.crypto import generate_key
-from service.emulator import EmulatorSettings, create_emulator_app
-from service.serving import make_server, serve_until_signalled
+from service.emulator.app import EmulatorSettings, create_emulator_app
+from service.web.serving import make_server, serve_until_signalled
 
 DATA_DIR = Path(".dev-data")
 DEMO_CLIENT_ID = "demo-client"
@@ -44,10 +44,10 @@ def _persistent_key(path: Path) -> str:
 
 
 async def run_dev(*, host: str, port: int, emulator_port: int) -> None:
-    from service.__main__ import migrate
     from service.app import create_app
-    from service.db import make_engine, make_session_factory
-    from service.routes.clients import create_client
+    from service.db.engine import make_engine, make_session_factory
+    from service.db.migrations import migrate
+    from service.web.routes.clients import create_client
 
     given_url = os.environ.get("BROKER_DATABASE_URL")
     pg_server = None

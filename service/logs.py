@@ -38,7 +38,7 @@ def note_client(client_id: object) -> None:
 
 
 def note_route(template: str, connection_id: str) -> None:
-    """For requests answered before routing (service.fastpath): what the router would tell."""
+    """For requests answered before routing (service.web.fastpath): what the router would tell."""
     context = REQUEST_CONTEXT.get()
     if context is not None:
         context["route"] = template

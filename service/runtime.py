@@ -5,44 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.auth import ApiKeyAuthenticator
-from service.broker import Broker
+from service.apikeys.authenticator import ApiKeyAuthenticator
 from service.config import Settings, require_database_url
+from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
-from service.db import SessionFactory, autocommit, make_engine, make_session_factory
-from service.stored_keys import StoredKeyCheck
-from service.webhooks import make_webhook_client
-from service.workfront import WorkfrontClient
-
-
-def _project_root() -> Path:
-    """Where alembic.ini lives: beside the package in a checkout or editable
-    install, else the working directory (commands run from the repository root)."""
-    beside_package = Path(__file__).resolve().parent.parent
-    if (beside_package / "alembic.ini").exists():
-        return beside_package
-    return Path.cwd()
-
-
-def alembic_config(database_url: str | None = None) -> Config:
-    root = _project_root()
-    config = Config(str(root / "alembic.ini"))
-    config.set_main_option("script_location", str(root / "alembic"))
-    if database_url is not None:
-        # '%' must be doubled for configparser interpolation.
-        config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
-    return config
-
-
-def alembic_head() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+from service.db.engine import SessionFactory, autocommit, make_engine, make_session_factory
+from service.db.migrations import alembic_head
+from service.tokens.broker import Broker
+from service.workers.webhooks import make_webhook_client
+from service.workfront.client import WorkfrontClient
 
 
 @dataclass

@@ -30,12 +30,12 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.__main__ import migrate
 from service.app import create_app
 from service.config import Settings, normalize_database_url
 from service.crypto import generate_key
-from service.emulator import EmulatorSettings, create_emulator_app
-from service.serving import make_server
+from service.db.migrations import migrate
+from service.emulator.app import EmulatorSettings, create_emulator_app
+from service.web.serving import make_server
 
 BROKER_BASE = "http://broker.test"
 CLIENT_ID = "test-client"

@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from service.broker import IssuedToken, _Ask, _Flight
 from service.config import Settings
+from service.tokens.broker import IssuedToken, _Ask, _Flight
 from tests.conftest import BrokerHarness, Emulator, outlive_hot_cache, running_broker
 from tests.processes import serve_processes
 

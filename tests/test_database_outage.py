@@ -13,8 +13,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from service.__main__ import migrate
 from service.config import normalize_database_url
+from service.db.migrations import migrate
 from tests.conftest import BrokerHarness, make_settings
 from tests.processes import serve_processes
 from tests.test_refresher import seed_connections

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service.emulator import (
+from service.emulator.app import (
     ConnectionDropped,
     EmulatorSettings,
     create_emulator_app,

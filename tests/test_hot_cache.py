@@ -21,7 +21,7 @@ from sqlalchemy import event
 
 from service.config import Settings
 from service.hotcache import HotCache
-from service.schemas import TokenOut
+from service.web.schemas import TokenOut
 from tests.conftest import ADMIN_KEY, BrokerHarness, Emulator, running_broker
 from tests.processes import serve_processes
 

@@ -20,7 +20,7 @@ import httpx
 
 from service.crypto import parse_keyring
 from service.logs import make_formatter
-from service.routes.oauth import ATTEMPT_COOKIE
+from service.web.routes.oauth import ATTEMPT_COOKIE
 from tests.conftest import ADMIN_KEY, CLIENT_SECRET, BrokerHarness, login_at_emulator
 from tests.processes import serve_processes
 

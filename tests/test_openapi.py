@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from service.openapi_export import openapi_document, render
+from service.web.openapi_export import openapi_document, render
 from tests.conftest import BrokerHarness
 
 COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"

@@ -1,5 +1,5 @@
 """The refresh transaction runs on the driver under SQLAlchemy's pool
-(service.refresh_tx): whatever ends it, no pooled connection is left inside
+(service.tokens.transaction): whatever ends it, no pooled connection is left inside
 an open transaction holding a row lock, and the next refresh works. When its
 connection dies after Workfront answered, the new tokens are stored again on
 another connection, never over a row that moved on."""
@@ -22,8 +22,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
-from service.db import autocommit, make_engine
-from service.refresh_tx import TokenWrite, store_tokens_again
+from service.db.engine import autocommit, make_engine
+from service.tokens.transaction import TokenWrite, store_tokens_again
 from tests.conftest import (
     BrokerHarness,
     Emulator,

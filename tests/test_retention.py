@@ -1,4 +1,4 @@
-"""Audit events are deleted after BROKER_EVENT_RETENTION_DAYS (service.retention)."""
+"""Audit events are deleted after BROKER_EVENT_RETENTION_DAYS (service.workers.retention)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 import asyncpg
 
 from service.config import Settings
-from service.db import make_engine, make_session_factory
-from service.retention import prune_events
+from service.db.engine import make_engine, make_session_factory
+from service.workers.retention import prune_events
 from tests.conftest import Emulator, running_broker
 
 _INSERT_AGED = """

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service.config import Settings
-from service.serving import make_server
+from service.web.serving import make_server
 from tests.conftest import BrokerHarness, Emulator, free_port, running_broker
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()

@@ -1,0 +1,147 @@
+"""Request and response bodies of the internal API (suffix says the role)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from service.tokens.broker import IssuedToken
+
+# Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
+# control characters (they only ever come from a mistake or an attack).
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# The same, and at least one character that is not white space.
+NOT_BLANK_NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
+
+Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
+ConnectionStatus = Literal["active", "needs_reauth"]
+
+
+class TokenOut(BaseModel):
+    connection_id: uuid.UUID
+    session_id: str = Field(
+        description="Workfront sessionID: send it as the `sessionID` header of API calls.",
+        examples=["<sessionID>"],
+    )
+    token_type: Literal["sessionID"] = "sessionID"
+    expires_at: datetime = Field(description="When the session is expected to lapse (UTC).")
+    workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
+    user_id: str = Field(description="The Workfront user the session belongs to.")
+
+
+def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
+    """A TokenOut body, serialized directly: byte for byte what pydantic would write.
+
+    The token read is the hot path, and building and serializing a TokenOut
+    costs more CPU than the rest of a cached read; tests/test_api.py checks
+    the body against the model.
+    """
+    return orjson.dumps(
+        {
+            "connection_id": str(issued.connection_id),
+            "session_id": issued.session_id,
+            "token_type": "sessionID",
+            "expires_at": issued.expires_at,  # Z for UTC, as pydantic writes it
+            "workfront_url": workfront_url,
+            "user_id": issued.user_id,
+        },
+        option=orjson.OPT_UTC_Z,
+    )
+
+
+class ConnectionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    user_id: str
+    customer_id: str | None
+    wid: str | None
+    external_ref: str | None
+    status: ConnectionStatus
+    expires_at: datetime
+    last_refreshed_at: datetime | None
+    next_refresh_at: datetime | None
+    refresh_failures: int = Field(description="Consecutive failed refreshes.")
+    last_error_class: Literal["transient", "grant_revoked"] | None = Field(
+        default=None, description="What kind of failure the last refresh was, if it failed."
+    )
+    created_at: datetime
+
+
+class ClientCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # The pattern says in the schema what the validator below enforces.
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=NOT_BLANK_NO_CONTROL_CHARS,
+        examples=["reporting-service"],
+    )
+    scopes: list[Scope] = Field(min_length=1, max_length=4, examples=[["tokens:read"]])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be blank")
+        if any(ord(ch) < 32 for ch in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scopes(cls, value: list[Scope]) -> list[Scope]:
+        # Duplicates dropped, the caller's order kept: the answer echoes the request.
+        return list(dict.fromkeys(value))
+
+
+class ClientOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    scopes: list[Scope]
+    key_hint: str = Field(description="The key's first characters, to tell keys apart.")
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class ClientCreated(BaseModel):
+    id: uuid.UUID
+    name: str
+    scopes: list[Scope]
+    api_key: str = Field(
+        description="Shown this once; only its hash is stored.", examples=["wtb_<key>"]
+    )
+
+
+class ConnectSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    external_ref: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=NO_CONTROL_CHARS,
+        description="Your reference for the person (e.g. your user id); the connection carries it.",
+        examples=["user-4711"],
+    )
+    return_url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=NO_CONTROL_CHARS,
+        description="Where the browser ends; must start with a BROKER_ALLOWED_RETURN_URLS prefix.",
+        examples=["https://app.example.com/settings/workfront"],
+    )
+
+
+class ConnectSessionOut(BaseModel):
+    id: uuid.UUID
+    url: str = Field(description="One-time link to give to the person.")
+    expires_at: datetime

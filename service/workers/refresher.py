@@ -1,0 +1,190 @@
+"""The proactive refresher: renew sessions before they lapse, used or not.
+
+Every serve process runs one. Each round claims a batch of due connections
+with ``FOR UPDATE SKIP LOCKED`` and pushes their ``next_refresh_at`` forward
+by a lease, in one short transaction: replicas never claim the same row, and a
+process killed mid-round only delays its rows until the lease runs out. The
+refresh itself goes through ``Broker.refresh_claimed``, which takes the row
+lock and skips the upstream call when the token version moved since the claim
+(an on-demand caller refreshed first), so a connection is never refreshed
+twice for one due date.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+
+from service.clock import now_utc
+from service.config import Settings
+from service.db.engine import SessionFactory
+from service.logs import CONNECTION_ID
+from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
+from service.tokens.broker import Broker, ConnectionNotFound, NeedsReauth, UpstreamUnavailable
+from service.workers.rounds import run_rounds
+
+log = logging.getLogger("service.refresher")  # pinned: operators filter on it
+
+_CLAIM = text(
+    """
+    WITH due AS (
+        SELECT id, next_refresh_at AS due_at
+        FROM connections
+        WHERE status = 'active' AND next_refresh_at <= now()
+        ORDER BY next_refresh_at
+        LIMIT :batch
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE connections AS c
+    SET next_refresh_at = now() + make_interval(secs => :lease)
+    FROM due
+    WHERE c.id = due.id
+    RETURNING c.id, c.token_version, due.due_at
+    """
+)
+
+_SUMMARY = text(
+    "SELECT status, count(*) AS n, min(expires_at) AS soonest FROM connections GROUP BY status"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    connection_id: uuid.UUID
+    token_version: int
+    due_at: datetime
+
+
+class Refresher:
+    def __init__(self, *, settings: Settings, sessions: SessionFactory, broker: Broker) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._broker = broker
+        # The lease must outlive one refresh, so a slow one is not claimed
+        # again meanwhile: a wait for a pooled connection (up to 10 s) and for
+        # the row lock, the upstream call (up to 2 x its timeout), storing the
+        # answer again if the locked connection failed (as long again; the
+        # row is unlocked then), and 10 s for rollbacks and closes between.
+        self._lease_seconds = max(
+            60.0, settings.lock_timeout_seconds + 4 * settings.upstream_timeout_seconds + 20
+        )
+        # Claimed connections waiting for a worker; refresher_concurrency
+        # workers take them one at a time.
+        self._queue: asyncio.Queue[Claim] = asyncio.Queue()
+        self._busy = 0  # workers in a refresh
+        self._changed = asyncio.Event()  # a worker took a claim or finished one
+        self._gauges_at = 0.0
+
+    async def run(self) -> None:
+        """Loop until cancelled; a full batch goes straight on to the next round.
+
+        Long-lived workers rather than a task per claim: a refresh then starts
+        the moment one ends, without a task to create or a semaphore to hand
+        over (each a turn of a busy event loop).
+        """
+
+        async def round_() -> bool:
+            return await self.run_once() >= self._settings.refresher_batch_size
+
+        workers = [
+            asyncio.create_task(self._work(), name="refresher-worker")
+            for _ in range(self._settings.refresher_concurrency)
+        ]
+        try:
+            await run_rounds(
+                "refresher", round_, poll_seconds=self._settings.refresher_poll_seconds
+            )
+        finally:
+            # Claimed but not started: they come back when their lease ends.
+            # Started ones are shielded in the broker and drained at shutdown.
+            for worker in workers:
+                worker.cancel()
+
+    async def run_once(self) -> int:
+        """One round: claim due connections and queue them; returns how many were claimed.
+
+        Returns once the queue is down to one claim per worker, not once the
+        claims are done: the next batch is claimed while these are refreshed,
+        so workers never idle waiting for a claim round.
+        """
+        claims = await self._claim()
+        now = now_utc()
+        for claim in claims:
+            REFRESHER_LAG.observe(max(0.0, (now - claim.due_at).total_seconds()))
+            self._queue.put_nowait(claim)
+        if claims:
+            await self._wait_until(
+                lambda: self._queue.qsize() <= self._settings.refresher_concurrency
+            )
+        else:
+            # Idle round: let the last refreshes land before the gauges are read.
+            await self._wait_until(lambda: self._queue.empty() and self._busy == 0)
+        # At most once a second: a GROUP BY over every connection per batch
+        # would cost a busy refresher more than its claims.
+        if time.monotonic() - self._gauges_at >= 1.0:
+            self._gauges_at = time.monotonic()
+            await self._update_gauges()
+        return len(claims)
+
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _work(self) -> None:
+        while True:
+            claim = await self._queue.get()
+            self._busy += 1
+            self._changed.set()
+            try:
+                await self._refresh(claim)
+            except asyncio.CancelledError:
+                # A refresh this worker waited on was cancelled (drain at
+                # shutdown), not the worker: it stays, or the queue stalls.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                log.info("refresher: refresh of %s was cancelled", claim.connection_id)
+            finally:
+                self._busy -= 1
+                self._changed.set()
+
+    async def _claim(self) -> list[Claim]:
+        async with self._sessions() as session, session.begin():
+            rows = await session.execute(
+                _CLAIM,
+                {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
+            )
+            return [Claim(row.id, row.token_version, row.due_at) for row in rows]
+
+    async def _refresh(self, claim: Claim) -> None:
+        CONNECTION_ID.set(str(claim.connection_id))  # each worker is its own task
+        try:
+            await self._broker.refresh_claimed(
+                claim.connection_id, seen_version=claim.token_version
+            )
+        except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):
+            pass  # recorded on the row by the broker; the schedule says what next
+        except Exception:
+            # One bad row must not stop the worker; its lease brings it back.
+            log.exception("refresher: refreshing %s failed", claim.connection_id)
+
+    async def _update_gauges(self) -> None:
+        async with self._sessions() as session:
+            rows = (await session.execute(_SUMMARY)).all()
+        soonest = None
+        for status in ("active", "needs_reauth"):
+            CONNECTIONS.labels(status=status).set(0)
+        for row in rows:
+            CONNECTIONS.labels(status=row.status).set(row.n)
+            if row.status == "active":
+                soonest = row.soonest
+        if soonest is not None:
+            SOONEST_EXPIRY.set((soonest - now_utc()).total_seconds())
