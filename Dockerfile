@@ -45,7 +45,7 @@ RUN groupadd --system --gid 10001 broker \
 # Owned by root and read-only for the broker: the process needs to write nothing.
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# `migrate` finds alembic.ini in the working directory (service/runtime.py).
+# `migrate` finds alembic.ini in the working directory (service/db/migrations.py).
 COPY alembic.ini ./
 COPY alembic ./alembic
 ENV PATH=/opt/venv/bin:$PATH \
