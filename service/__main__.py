@@ -94,13 +94,13 @@ def _cmd_clients_create(args: argparse.Namespace) -> None:
 
 
 async def _rotate_keys(batch_size: int) -> tuple[int, str]:
+    from service.connections.key_rotation import RotationStuck, reencrypt_all
     from service.runtime import open_runtime
-    from service.tokens.broker import RotationStuck
 
     settings = load_settings(require_database=True)
     async with open_runtime(settings) as runtime:
         try:
-            changed = await runtime.broker.reencrypt_all(batch_size=batch_size)
+            changed = await reencrypt_all(runtime.sessions, runtime.cipher, batch_size=batch_size)
         except RotationStuck as stuck:
             raise ConfigError(
                 [

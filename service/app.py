@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +16,7 @@ from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
 from service.web.routes import clients, connect_sessions, connections, oauth, ops, status
 from service.web.schemas import ClientCreate, ConnectSessionCreate
-from service.workers.refresher import Refresher
-from service.workers.retention import PRUNE_EVERY_SECONDS, prune_events
-from service.workers.rounds import run_rounds
-from service.workers.webhooks import WebhookDeliverer
+from service.workers.running import Workers, start_workers
 
 DESCRIPTION = """\
 Owns a Workfront OAuth2 app, connects Workfront users through the
@@ -38,10 +33,11 @@ def begin_shutdown(app: FastAPI) -> None:
 
     Called on SIGTERM, before the server waits for requests in flight, so the
     refresher does not claim new work during that wait. Refreshes already
-    running continue (they are shielded) and are settled by Broker.drain.
+    running continue (they are shielded) and are settled by TokenIssuer.drain.
     """
-    for task in getattr(app.state, "background_tasks", ()):
-        task.cancel()
+    workers: Workers | None = getattr(app.state, "workers", None)
+    if workers is not None:
+        workers.stop_new_work()
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -49,58 +45,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(settings) as runtime:
             app.state.runtime = runtime
-            tasks: list[asyncio.Task[None]] = []
-            if settings.refresher_enabled:
-                refresher = Refresher(
-                    settings=settings, sessions=runtime.sessions, broker=runtime.broker
-                )
-                tasks.append(asyncio.create_task(refresher.run(), name="refresher"))
-            cache_task = None
-            if settings.hot_cache_seconds > 0:
-
-                async def revalidate() -> bool:
-                    # Both run to the end even if one fails; then the failure
-                    # is raised for run_rounds to log and back off on.
-                    results = await asyncio.gather(
-                        runtime.authenticator.revalidate_cache(),
-                        runtime.broker.revalidate_cache(),
-                        return_exceptions=True,
-                    )
-                    for result in results:
-                        if isinstance(result, BaseException):
-                            raise result
-                    return False
-
-                # Two or more rounds per cache lifetime (a round waits a
-                # jittered half to whole poll): an entry in use is re-read
-                # before it lapses, so busy reads never wait for the database.
-                # Not stopped at SIGTERM: requests still in flight use it.
-                cache_task = asyncio.create_task(
-                    run_rounds(
-                        "hot-cache", revalidate, poll_seconds=settings.hot_cache_seconds / 2
-                    ),
-                    name="hot-cache",
-                )
-            if settings.event_retention_days > 0:
-
-                async def prune() -> bool:
-                    await prune_events(
-                        runtime.sessions, retention_days=settings.event_retention_days
-                    )
-                    return False
-
-                tasks.append(
-                    asyncio.create_task(
-                        run_rounds("event-retention", prune, poll_seconds=PRUNE_EVERY_SECONDS),
-                        name="event-retention",
-                    )
-                )
-            if settings.webhook_url is not None:
-                deliverer = WebhookDeliverer(
-                    settings=settings, sessions=runtime.sessions, http=runtime.http
-                )
-                tasks.append(asyncio.create_task(deliverer.run(), name="webhooks"))
-            app.state.background_tasks = tasks
+            workers = start_workers(runtime)
+            app.state.workers = workers
             # Everything made so far (modules, routes, SQLAlchemy metadata: most
             # of the heap) lives as long as the process: frozen, the collector's
             # full passes no longer walk it, and those were the longest pauses
@@ -110,15 +56,9 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 yield
             finally:
-                begin_shutdown(app)
-                if cache_task is not None:
-                    cache_task.cancel()
-                for task in (*tasks, cache_task):
-                    if task is not None:
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                await workers.stop()
                 # A refresh in flight may hold a rotated token until it commits.
-                await runtime.broker.drain()
+                await runtime.tokens.drain()
 
     app = FastAPI(
         title="Workfront token broker",

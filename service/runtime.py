@@ -11,11 +11,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apikeys.authenticator import ApiKeyAuthenticator
 from service.config import Settings, require_database_url
+from service.connections.lifecycle import ConnectionLifecycle
 from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
 from service.db.engine import SessionFactory, autocommit, make_engine, make_session_factory
 from service.db.migrations import alembic_head
-from service.tokens.broker import Broker
+from service.tokens.issuer import TokenIssuer
+from service.tokens.reads import TokenReads
+from service.tokens.schedule import RefreshSchedule
+from service.tokens.sealing import TokenSealer
 from service.workers.webhooks import make_webhook_client
 from service.workfront.client import WorkfrontClient
 
@@ -28,7 +32,10 @@ class Runtime:
     cipher: TokenCipher
     http: httpx.AsyncClient
     workfront: WorkfrontClient
-    broker: Broker
+    # Autocommit reads and the refresh transaction (which opens its own).
+    reader: AsyncEngine
+    tokens: TokenIssuer
+    connections: ConnectionLifecycle
     authenticator: ApiKeyAuthenticator
     schema_head: str | None
     stored_keys: StoredKeyCheck
@@ -46,6 +53,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             WorkfrontClient.open(settings) as workfront,
         ):
             admin = settings.admin_api_key
+            reader = autocommit(engine)
+            sealer = TokenSealer(cipher)
+            schedule = RefreshSchedule(settings)
+            reads = TokenReads(settings=settings, reader=reader, sealer=sealer)
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -53,15 +64,25 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 cipher=cipher,
                 http=http,
                 workfront=workfront,
-                broker=Broker(
+                reader=reader,
+                tokens=TokenIssuer(
+                    settings=settings,
+                    reader=reader,
+                    sealer=sealer,
+                    schedule=schedule,
+                    reads=reads,
+                    workfront=workfront,
+                ),
+                connections=ConnectionLifecycle(
                     settings=settings,
                     sessions=sessions,
-                    reader=autocommit(engine),
-                    cipher=cipher,
+                    sealer=sealer,
+                    schedule=schedule,
+                    reads=reads,
                     workfront=workfront,
                 ),
                 authenticator=ApiKeyAuthenticator(
-                    reader=autocommit(engine),
+                    reader=reader,
                     admin_key=admin.get_secret_value() if admin else None,
                     cache_seconds=settings.hot_cache_seconds,
                     cache_entries=settings.hot_cache_max_entries,

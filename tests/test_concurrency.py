@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.tokens.broker import IssuedToken, _Ask, _Flight
+from service.tokens.flights import Flight
+from service.tokens.issued import Ask, IssuedToken
 from tests.conftest import BrokerHarness, Emulator, outlive_hot_cache, running_broker
 from tests.processes import serve_processes
 
@@ -97,7 +98,7 @@ async def test_caller_going_away_does_not_lose_the_rotated_token(
         broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
     )
     # Cancel only once the refresh is really in flight.
-    flights = broker.app.state.runtime.broker._flights
+    flights = broker.app.state.runtime.tokens.flights._flights
     for _ in range(200):
         if flights:
             break
@@ -300,7 +301,7 @@ async def test_a_forced_caller_does_not_spin_on_a_flight_that_just_finished(
     whose /healthz timed out). SIGALRM breaks such a spin, failing the test
     instead of hanging it."""
     connection_id = await broker.connect("spin")
-    core = broker.app.state.runtime.broker
+    core = broker.app.state.runtime.tokens
 
     async def finished_refresh() -> IssuedToken:
         token: IssuedToken = await core.get_token(connection_id, min_ttl=0)
@@ -310,9 +311,9 @@ async def test_a_forced_caller_does_not_spin_on_a_flight_that_just_finished(
     await finished
     answered = asyncio.get_running_loop().create_future()
     answered.set_result(None)
-    # As _flight registers one, minus the callback that would forget it.
-    core._flights[connection_id] = _Flight(
-        task=finished, ask=_Ask(seen_version=1, min_ttl=60, forced=False), answered=answered
+    # As Flights.flight registers one, minus the callback that would forget it.
+    core.flights._flights[connection_id] = Flight(
+        task=finished, ask=Ask(seen_version=1, min_ttl=60, forced=False), answered=answered
     )
 
     def spinning(signum: int, frame: FrameType | None) -> None:

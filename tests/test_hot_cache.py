@@ -147,7 +147,7 @@ async def test_memory_stays_bounded(
                 f"/v1/connections/{connection_id}/token", headers=headers
             )
             assert answer.status_code == 200
-        assert len(broker.app.state.runtime.broker._cache) == 2
+        assert len(broker.app.state.runtime.tokens.reads.cache) == 2
 
 
 async def test_disabled_cache_reads_the_database_every_time(

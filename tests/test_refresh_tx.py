@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.db.engine import autocommit, make_engine
+from service.tokens.token_columns import TokenColumns
 from service.tokens.transaction import TokenWrite, store_tokens_again
 from tests.conftest import (
     BrokerHarness,
@@ -86,10 +87,10 @@ async def test_refresh_cancelled_while_waiting_for_the_lock_frees_everything(
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
-        core = broker.app.state.runtime.broker
+        core = broker.app.state.runtime.tokens
         async with row_locked_elsewhere(database_url, connection_id):
             waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
-            while connection_id not in core._flights:
+            while connection_id not in core.flights:
                 await asyncio.sleep(0.01)
             await asyncio.sleep(0.2)  # in the lock wait now
             # Shutdown cancels refreshes that have not presented a token yet.
@@ -118,7 +119,7 @@ async def test_connection_deleted_during_the_lock_wait_is_404_and_rolls_back(
         connection_id = await broker.connect("alice")
         other = await broker.connect("bob")
         headers = await broker.api_key("tokens:read")
-        core = broker.app.state.runtime.broker
+        core = broker.app.state.runtime.tokens
         _, kwargs = asyncpg_dsn(database_url)
         deleter = await asyncpg.connect(**kwargs)
         try:
@@ -126,7 +127,7 @@ async def test_connection_deleted_during_the_lock_wait_is_404_and_rolls_back(
                 await deleter.execute("DELETE FROM connections WHERE id = $1", connection_id)
                 # The refresh read the row's version already and now waits for its lock.
                 waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
-                while connection_id not in core._flights:
+                while connection_id not in core.flights:
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(0.2)
         finally:
@@ -157,14 +158,14 @@ async def test_refresher_worker_survives_a_cancelled_refresh(
     async with running_broker(settings, emulator) as broker:
         stuck, later, busy = [await broker.connect(name) for name in ("alice", "bob", "carol")]
         headers = await broker.api_key("tokens:read")
-        core = broker.app.state.runtime.broker
+        core = broker.app.state.runtime.tokens
         await emulator.configure(latency_ms=1500)
         on_demand = asyncio.create_task(_refresh(broker, busy, headers))
-        while not core._presenting:
+        while not core.presenting:
             await asyncio.sleep(0.01)
         due = "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id = $1"
         await db.execute(due, stuck)
-        while stuck not in core._flights:  # the worker's refresh waits for a connection
+        while stuck not in core.flights:  # the worker's refresh waits for a connection
             await asyncio.sleep(0.01)
         await core.drain()  # cancels that one, waits for the on-demand one
         assert await on_demand == 200
@@ -321,7 +322,7 @@ async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_agai
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
         headers = await broker.api_key("tokens:read")
-        await _open_the_whole_pool(broker.app.state.runtime.broker._reader, 4)
+        await _open_the_whole_pool(broker.app.state.runtime.reader, 4)
         lost = await _lost_refreshes(broker)
         await emulator.configure(latency_ms=800)
         waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
@@ -415,12 +416,14 @@ async def test_store_again_after_a_failover_opens_a_new_connection(
         write = TokenWrite(
             connection_id=connection_id,
             from_version=1,
-            access_token_enc="sealed-access",
-            refresh_token_enc="sealed-refresh",
-            expires_at=datetime.now(UTC) + timedelta(hours=1),
-            next_refresh_at=datetime.now(UTC) + timedelta(minutes=50),
-            now=datetime.now(UTC),
-            wid=None,
+            columns=TokenColumns(
+                access_token_enc="sealed-access",
+                refresh_token_enc="sealed-refresh",
+                expires_at=datetime.now(UTC) + timedelta(hours=1),
+                next_refresh_at=datetime.now(UTC) + timedelta(minutes=50),
+                refreshed_at=datetime.now(UTC),
+                wid=None,
+            ),
         )
         await _open_the_whole_pool(engine, 3)
         assert await db.fetchval(_EVERY_OTHER_CONNECTION) == 3

@@ -1,15 +1,15 @@
 """The refresh transaction: lock a connection's row, then store what Workfront answered.
 
 It runs on the asyncpg connection under SQLAlchemy's pool rather than through
-the ORM. A refresh is the broker's busiest write, and the refresher runs
-hundreds a second; through the ORM one cost about 2.5 ms of CPU (flush, unit
-of work, identity map) and 6 round trips, through SQLAlchemy Core about 1 ms,
-here about 0.3 ms in 4 round trips:
+the ORM: a refresh is the broker's busiest write, and the ORM's flush, unit of
+work and identity map cost several times the CPU and round trips of these
+four (docs/benchmarks.md has the measurements):
 
 1. ``BEGIN`` and the two ``SET LOCAL`` in one simple query;
 2. ``SELECT … FOR UPDATE`` of the row;
 3. (Workfront is called) one statement storing the outcome and its audit
-   event (and webhook message) through data-modifying CTEs;
+   event through a data-modifying CTE (a revoked grant adds its webhook
+   message, through the outbox's one writer);
 4. ``COMMIT``.
 
 Every other write keeps the ORM. The statements name the columns of
@@ -29,6 +29,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.connections.outbox import OutboxMessage, enqueue_on_driver
+from service.tokens.token_columns import TokenColumns, sql_assignments
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
 
@@ -52,18 +55,15 @@ _LOCK = """
 # Only over the version the tokens were refreshed from: under the row lock it
 # cannot have moved, and when storing again on a new connection (see
 # store_tokens_again) a moved version means the row went on without us.
-_STORE_TOKENS = """
+# The assignments are generated from constants (never input): hence the noqa.
+_STORE_TOKENS = f"""
     WITH changed AS (
-        UPDATE connections SET
-            access_token_enc = $4, refresh_token_enc = $5, expires_at = $6,
-            next_refresh_at = $7, token_version = token_version + 1,
-            last_refreshed_at = $8, updated_at = $8, refresh_failures = 0,
-            last_error = NULL, last_error_class = NULL, wid = coalesce($9, wid)
-        WHERE id = $1 AND token_version = $10 AND status = 'active' RETURNING id
+        UPDATE connections SET {sql_assignments(first_parameter=5)}
+        WHERE id = $1 AND token_version = $4 AND status = 'active' RETURNING id
     )
     INSERT INTO events (kind, connection_id, detail)
     SELECT $2, id, $3::jsonb FROM changed RETURNING connection_id
-"""
+"""  # noqa: S608
 
 _RECORD_TRANSIENT = """
     WITH changed AS (
@@ -76,23 +76,20 @@ _RECORD_TRANSIENT = """
 """
 
 # The audit event of the failure, then the needs_reauth event (in that order of
-# ids), and the webhook message ($5: NULL without webhooks, so no message row).
+# ids); the webhook message goes through the outbox's one writer.
 _MARK_NEEDS_REAUTH = """
     WITH changed AS (
         UPDATE connections SET
             status = 'needs_reauth', refresh_failures = refresh_failures + 1,
             last_error = $4, last_error_class = 'grant_revoked',
-            next_refresh_at = NULL, updated_at = $6
+            next_refresh_at = NULL, updated_at = $5
         WHERE id = $1 RETURNING id
-    ), audit AS (
-        INSERT INTO events (kind, connection_id, detail)
-        SELECT e.kind, changed.id, e.detail::jsonb
-        FROM changed,
-            (VALUES (1, $2::text, $3::text), (2, $7::text, $8::text)) AS e (n, kind, detail)
-        ORDER BY e.n
     )
-    INSERT INTO webhook_outbox (id, event_type, payload, created_at, next_attempt_at, attempts)
-    SELECT $9, $7, $5::jsonb, $6, $6, 0 FROM changed WHERE $5::jsonb IS NOT NULL
+    INSERT INTO events (kind, connection_id, detail)
+    SELECT e.kind, changed.id, e.detail::jsonb
+    FROM changed,
+        (VALUES (1, $2::text, $3::text), (2, $6::text, $7::text)) AS e (n, kind, detail)
+    ORDER BY e.n
 """
 
 
@@ -119,25 +116,15 @@ class TokenWrite:
 
     connection_id: uuid.UUID
     from_version: int  # the token version they were refreshed from
-    access_token_enc: str
-    refresh_token_enc: str
-    expires_at: datetime
-    next_refresh_at: datetime
-    now: datetime
-    wid: str | None
+    columns: TokenColumns
 
     def arguments(self) -> tuple[Any, ...]:
         return (
             self.connection_id,
             "refresh.succeeded",
             "{}",
-            self.access_token_enc,
-            self.refresh_token_enc,
-            self.expires_at,
-            self.next_refresh_at,
-            self.now,
-            self.wid,
             self.from_version,
+            *self.columns.arguments(),
         )
 
 
@@ -183,7 +170,7 @@ class RefreshTransaction:
         now: datetime,
         lifecycle_event: str,
         lifecycle_detail: dict[str, Any],
-        webhook_payload: dict[str, Any] | None,
+        webhook_message: OutboxMessage | None,
     ) -> None:
         await self._raw.execute(
             _MARK_NEEDS_REAUTH,
@@ -191,13 +178,12 @@ class RefreshTransaction:
             "refresh.failed",
             _json({"reason": "grant_revoked"}),
             error,
-            None if webhook_payload is None else _json(webhook_payload),
             now,
             lifecycle_event,
             _json(lifecycle_detail),
-            uuid.uuid4(),
             timeout=self._timeout,
         )
+        await enqueue_on_driver(self._raw, webhook_message, timeout=self._timeout)
 
 
 @asynccontextmanager

@@ -22,20 +22,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.logs import note_client, note_route
 from service.metrics import TOKEN_REQUESTS
 from service.web.problems import ProblemError, problem_response, unexpected_error_response
-from service.web.routes.connections import issue_token
 from service.web.schemas import token_json
+from service.web.token_answers import (
+    MIN_TTL_DEFAULT,
+    MIN_TTL_MAX,
+    TOKEN_PATH,
+    TOKENS_SCOPE,
+    issue_token,
+)
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
 
-_PREFIX = "/v1/connections/"
-_SUFFIX = "/token"
+# The route's path around its one parameter.
+_PREFIX, _SUFFIX = TOKEN_PATH.split("{connection_id}")
 _ID_LENGTH = 36  # the canonical form; anything else goes the long way
 _QUERY = re.compile(rb"min_ttl=(\d{1,5})")
-_DEFAULT_MIN_TTL = 60  # as the route declares it
-_MAX_MIN_TTL = 86_400
-_SCOPE = "tokens:read"
-_TEMPLATE = "/v1/connections/{connection_id}/token"  # the route's, for the access log
 _OK = TOKEN_REQUESTS.labels(kind="token", outcome="ok")
 
 
@@ -66,7 +68,7 @@ class TokenFastPath:
         connection_id: uuid.UUID,
         min_ttl: int,
     ) -> None:
-        issued = runtime.broker.cached_token(connection_id, min_ttl)
+        issued = runtime.tokens.cached_token(connection_id, min_ttl)
         if issued is not None:
             _OK.inc()
         else:
@@ -107,13 +109,13 @@ class TokenFastPath:
             return None
         query: bytes = scope["query_string"]
         if not query:
-            min_ttl = _DEFAULT_MIN_TTL
+            min_ttl = MIN_TTL_DEFAULT
         else:
             match = _QUERY.fullmatch(query)
             if match is None:
                 return None
             min_ttl = int(match[1])
-            if min_ttl > _MAX_MIN_TTL:
+            if min_ttl > MIN_TTL_MAX:
                 return None
         key = None
         for name, value in scope["headers"]:
@@ -124,7 +126,7 @@ class TokenFastPath:
         if key is None or not key.startswith(b"Bearer ") or len(key) > 7 + 200:
             return None
         principal = runtime.authenticator.cached(key[7:].decode("latin-1"))
-        if principal is None or not principal.allows(_SCOPE):
+        if principal is None or not principal.allows(TOKENS_SCOPE):
             return None
         try:
             connection_id = uuid.UUID(raw_id)
@@ -134,5 +136,5 @@ class TokenFastPath:
             return None
         # The log context the route's dependencies would have set.
         note_client(principal.client_id)
-        note_route(_TEMPLATE, raw_id)
+        note_route(TOKEN_PATH, raw_id)
         return runtime, connection_id, min_ttl

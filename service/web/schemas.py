@@ -10,7 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
-    from service.tokens.broker import IssuedToken
+    from service.tokens.issued import IssuedToken
 
 # Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
 # control characters (they only ever come from a mistake or an attack).

@@ -1,0 +1,1 @@
+"""Background loops, one module each, on the shared ``rounds`` helper."""

@@ -4,7 +4,7 @@ Every serve process runs one. Each round claims a batch of due connections
 with ``FOR UPDATE SKIP LOCKED`` and pushes their ``next_refresh_at`` forward
 by a lease, in one short transaction: replicas never claim the same row, and a
 process killed mid-round only delays its rows until the lease runs out. The
-refresh itself goes through ``Broker.refresh_claimed``, which takes the row
+refresh itself goes through ``TokenIssuer.refresh_claimed``, which takes the row
 lock and skips the upstream call when the token version moved since the claim
 (an on-demand caller refreshed first), so a connection is never refreshed
 twice for one due date.
@@ -27,7 +27,8 @@ from service.config import Settings
 from service.db.engine import SessionFactory
 from service.logs import CONNECTION_ID
 from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
-from service.tokens.broker import Broker, ConnectionNotFound, NeedsReauth, UpstreamUnavailable
+from service.tokens.issued import ConnectionNotFound, NeedsReauth, UpstreamUnavailable
+from service.tokens.issuer import TokenIssuer
 from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.refresher")  # pinned: operators filter on it
@@ -63,10 +64,12 @@ class Claim:
 
 
 class Refresher:
-    def __init__(self, *, settings: Settings, sessions: SessionFactory, broker: Broker) -> None:
+    def __init__(
+        self, *, settings: Settings, sessions: SessionFactory, tokens: TokenIssuer
+    ) -> None:
         self._settings = settings
         self._sessions = sessions
-        self._broker = broker
+        self._tokens = tokens
         # The lease must outlive one refresh, so a slow one is not claimed
         # again meanwhile: a wait for a pooled connection (up to 10 s) and for
         # the row lock, the upstream call (up to 2 x its timeout), storing the
@@ -167,7 +170,7 @@ class Refresher:
     async def _refresh(self, claim: Claim) -> None:
         CONNECTION_ID.set(str(claim.connection_id))  # each worker is its own task
         try:
-            await self._broker.refresh_claimed(
+            await self._tokens.refresh_claimed(
                 claim.connection_id, seen_version=claim.token_version
             )
         except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):

@@ -20,6 +20,7 @@ import logging
 from sqlalchemy import text
 
 from service.db.engine import SessionFactory
+from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.retention")  # pinned: operators filter on it
 
@@ -51,3 +52,13 @@ async def prune_events(
     if deleted:
         log.info("event retention: deleted %d events older than %d days", deleted, retention_days)
     return deleted
+
+
+async def run_retention(sessions: SessionFactory, *, retention_days: int) -> None:
+    """The loop: prune about once an hour until cancelled."""
+
+    async def prune() -> bool:
+        await prune_events(sessions, retention_days=retention_days)
+        return False
+
+    await run_rounds("event-retention", prune, poll_seconds=PRUNE_EVERY_SECONDS)

@@ -1,7 +1,7 @@
 """Connection events for an outside receiver, signed per Standard Webhooks.
 
 Events are written to the ``webhook_outbox`` table in the same transaction as
-the change they describe (``enqueue``), then delivered by a loop in every
+the change they describe (service.connections.outbox), then delivered by a loop in every
 serve process (``WebhookDeliverer``) that claims due rows with ``FOR UPDATE
 SKIP LOCKED``, so an event survives a restart and a receiver outage, and
 replicas never send one twice at once. Bodies carry ids and statuses, never a
@@ -16,12 +16,11 @@ import logging
 import random
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
 from service.clock import now_utc
@@ -32,11 +31,6 @@ from service.metrics import WEBHOOK_DELIVERIES
 from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.webhooks")  # pinned: operators filter on it
-
-CONNECTION_CREATED = "connection.created"
-CONNECTION_NEEDS_REAUTH = "connection.needs_reauth"
-CONNECTION_RECOVERED = "connection.recovered"
-CONNECTION_DELETED = "connection.deleted"
 
 _LEASE_SECONDS = 60.0
 DELIVERED_RETENTION_SECONDS = 7 * 86_400
@@ -62,41 +56,6 @@ _CLAIM = text(
     RETURNING w.id, w.payload, w.attempts, w.created_at
     """
 )
-
-
-def payload(
-    event_type: str, now: datetime, *, connection_id: uuid.UUID, user_id: str, **data: Any
-) -> dict[str, Any]:
-    """The JSON body of a webhook message."""
-    return {
-        "type": event_type,
-        "timestamp": now.isoformat(),
-        "data": {"connection_id": str(connection_id), "user_id": user_id, **data},
-    }
-
-
-async def enqueue(
-    session: AsyncSession,
-    settings: Settings,
-    event_type: str,
-    *,
-    connection_id: uuid.UUID,
-    user_id: str,
-    **data: Any,
-) -> None:
-    """Add an event to the outbox inside the caller's transaction (no-op without webhooks)."""
-    if settings.webhook_url is None:
-        return
-    now = now_utc()
-    session.add(
-        WebhookMessage(
-            id=uuid.uuid4(),
-            event_type=event_type,
-            payload=payload(event_type, now, connection_id=connection_id, user_id=user_id, **data),
-            next_attempt_at=now,
-            attempts=0,
-        )
-    )
 
 
 def make_webhook_client(settings: Settings) -> httpx.AsyncClient:

@@ -8,19 +8,24 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 
-from service.crypto import DecryptionError
 from service.db.models import Connection
-from service.metrics import TOKEN_REQUESTS
-from service.runtime import Runtime
-from service.tokens.broker import ConnectionNotFound, IssuedToken, NeedsReauth, UpstreamUnavailable
+from service.tokens.issued import (
+    ConnectionNotFound,
+)
 from service.web.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, TokensReader
-from service.web.problems import ProblemError, ResponsesDoc, problem_doc
+from service.web.problems import ResponsesDoc, problem_doc
 from service.web.schemas import (
     NO_CONTROL_CHARS,
     ConnectionOut,
     ConnectionStatus,
     TokenOut,
-    token_json,
+)
+from service.web.token_answers import (
+    MIN_TTL_DEFAULT,
+    MIN_TTL_MAX,
+    TOKEN_PATH,
+    issue,
+    not_found,
 )
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
@@ -38,74 +43,8 @@ _TOKEN_ERRORS: ResponsesDoc = {
 }
 
 
-def _not_found() -> ProblemError:
-    return ProblemError(404, "not-found", "no such connection")
-
-
-def _token_response(runtime: RuntimeDep, issued: IssuedToken) -> Response:
-    # A prebuilt body: the routes still declare response_model=TokenOut, so
-    # the OpenAPI document is unchanged.
-    return Response(
-        token_json(issued, runtime.settings.workfront_url), media_type="application/json"
-    )
-
-
-async def issue(runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None) -> Response:
-    """The token (min_ttl set) or forced-refresh answer; a ProblemError for the rest."""
-    return _token_response(runtime, await issue_token(runtime, connection_id, min_ttl=min_ttl))
-
-
-async def issue_token(
-    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
-) -> IssuedToken:
-    """The session to answer with (counted in the metrics); a ProblemError for the rest."""
-    kind = "token" if min_ttl is not None else "refresh"
-    outcome = "error"
-    try:
-        token = await _issue_unmetered(runtime, connection_id, min_ttl=min_ttl)
-        outcome = "ok"
-        return token
-    except ProblemError as exc:
-        outcome = exc.slug
-        raise
-    finally:
-        TOKEN_REQUESTS.labels(kind=kind, outcome=outcome).inc()
-
-
-async def _issue_unmetered(
-    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
-) -> IssuedToken:
-    broker = runtime.broker
-    try:
-        if min_ttl is None:
-            return await broker.force_refresh(connection_id)
-        return await broker.get_token(connection_id, min_ttl=min_ttl)
-    except ConnectionNotFound:
-        raise _not_found() from None
-    except NeedsReauth:
-        raise ProblemError(
-            409, "needs-reauth", "the Workfront user must authorize again via /connect"
-        ) from None
-    except DecryptionError:
-        # Tampered row or a key missing from BROKER_ENCRYPTION_KEYS: a server
-        # fault, reported plainly and never papered over with another value.
-        raise ProblemError(
-            500,
-            "stored-token-unreadable",
-            "the stored token cannot be decrypted; check BROKER_ENCRYPTION_KEYS",
-        ) from None
-    except UpstreamUnavailable as exc:
-        retry = max(1, round(exc.retry_after or 5))
-        raise ProblemError(
-            503,
-            "upstream-unavailable",
-            "Workfront is unreachable and no usable session is stored",
-            headers={"Retry-After": str(retry)},
-        ) from None
-
-
 @router.get(
-    "/{connection_id}/token",
+    TOKEN_PATH.removeprefix(router.prefix),
     summary="Get a live Workfront sessionID",
     response_model=TokenOut,
     responses=_TOKEN_ERRORS,
@@ -116,8 +55,12 @@ async def get_token(
     _: TokensReader,
     min_ttl: Annotated[
         int,
-        Query(ge=0, le=86_400, description="Refresh first when fewer seconds than this remain."),
-    ] = 60,
+        Query(
+            ge=0,
+            le=MIN_TTL_MAX,
+            description="Refresh first when fewer seconds than this remain.",
+        ),
+    ] = MIN_TTL_DEFAULT,
 ) -> Response:
     return await issue(runtime, connection_id, min_ttl=min_ttl)
 
@@ -185,7 +128,7 @@ async def get_connection(
     async with runtime.sessions() as session:
         row = await session.get(Connection, connection_id)
     if row is None:
-        raise _not_found()
+        raise not_found()
     return ConnectionOut.model_validate(row)
 
 
@@ -200,7 +143,7 @@ async def delete_connection(
     connection_id: uuid.UUID, runtime: RuntimeDep, principal: ConnectionsWriter
 ) -> Response:
     try:
-        await runtime.broker.delete_connection(connection_id, client_id=principal.client_id)
+        await runtime.connections.delete_connection(connection_id, client_id=principal.client_id)
     except ConnectionNotFound:
-        raise _not_found() from None
+        raise not_found() from None
     return Response(status_code=204)

@@ -504,7 +504,7 @@ async def _finish(
             "Workfront administrator.",
         ) from None
     try:
-        connection_id, created = await runtime.broker.store_connection(
+        connection_id, created = await runtime.connections.store_connection(
             user=user,
             tokens=tokens,
             external_ref=link.external_ref if link else None,

@@ -1,0 +1,185 @@
+"""Connecting, re-authorizing and deleting a connection.
+
+Each change is one transaction that also writes its audit event and webhook
+message (service.connections.events), so they exist exactly when the change
+does. This process's cached session is dropped after the commit: a read
+before it could store the old session again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.clock import now_utc
+from service.config import Settings
+from service.connections import outbox
+from service.connections.events import record_connection_event, record_event
+from service.db.engine import SessionFactory
+from service.db.models import STATUS_ACTIVE, Connection, ConnectSession
+from service.signin.links import ConnectLinkSpent
+from service.tokens.issued import ConnectionNotFound
+from service.tokens.reads import TokenReads
+from service.tokens.schedule import RefreshSchedule
+from service.tokens.sealing import ACCESS, TokenSealer
+from service.tokens.token_columns import seal_tokens
+from service.workfront import TokenSet, WorkfrontClient, WorkfrontUser
+
+
+class ConnectionLifecycle:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessions: SessionFactory,
+        sealer: TokenSealer,
+        schedule: RefreshSchedule,
+        reads: TokenReads,
+        workfront: WorkfrontClient,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._sealer = sealer
+        self._schedule = schedule
+        self._reads = reads
+        self._workfront = workfront
+
+    async def store_connection(
+        self,
+        *,
+        user: WorkfrontUser,
+        tokens: TokenSet,
+        external_ref: str | None,
+        connect_session_id: uuid.UUID | None = None,
+    ) -> tuple[uuid.UUID, bool]:
+        """Create the user's connection, or update it on re-authorization.
+
+        Returns (connection id, created). One transaction: a failure stores
+        nothing, and a connect link is spent in the same transaction.
+        """
+        instance = self._settings.instance_host
+        for _attempt in range(2):
+            try:
+                async with self._sessions() as db, db.begin():
+                    if connect_session_id is not None:
+                        await _spend_connect_link(db, connect_session_id)
+                    row = await db.scalar(
+                        select(Connection)
+                        .where(Connection.instance == instance, Connection.user_id == user.user_id)
+                        .with_for_update()
+                    )
+                    if row is None:
+                        return await self._create(db, instance, user, tokens, external_ref), True
+                    recovered = row.status != STATUS_ACTIVE
+                    seal_tokens(self._sealer, self._schedule, row.id, tokens, now_utc()).apply_to(
+                        row
+                    )
+                    row.status = STATUS_ACTIVE
+                    row.customer_id = user.customer_id
+                    if external_ref is not None:
+                        row.external_ref = external_ref
+                    await record_event(
+                        db, "connection.reauthorized", connection_id=row.id, recovered=recovered
+                    )
+                    if recovered:
+                        await self._row_event(db, outbox.CONNECTION_RECOVERED, row)
+                    reauthorized = row.id
+                # The old session may be cached; the re-authorization replaced it.
+                self._reads.changed_here(reauthorized)
+                return reauthorized, False
+            except IntegrityError:
+                # Two callbacks for one new user raced on the unique key: retry as an update.
+                continue
+        raise RuntimeError("could not store the connection after a concurrent insert")
+
+    async def _create(
+        self,
+        db: AsyncSession,
+        instance: str,
+        user: WorkfrontUser,
+        tokens: TokenSet,
+        external_ref: str | None,
+    ) -> uuid.UUID:
+        connection_id = uuid.uuid4()
+        now = now_utc()
+        columns = seal_tokens(self._sealer, self._schedule, connection_id, tokens, now)
+        values: dict[str, Any] = {
+            "id": connection_id,
+            "instance": instance,
+            "user_id": user.user_id,
+            "customer_id": user.customer_id,
+            "external_ref": external_ref,
+            "status": STATUS_ACTIVE,
+            "token_version": 1,
+            "created_at": now,
+            **columns.values(),
+        }
+        await db.execute(insert(Connection).values(**values))
+        await record_connection_event(
+            db,
+            self._settings,
+            outbox.CONNECTION_CREATED,
+            connection_id=connection_id,
+            user_id=user.user_id,
+            external_ref=external_ref,
+        )
+        return connection_id
+
+    async def delete_connection(
+        self, connection_id: uuid.UUID, *, client_id: uuid.UUID | None
+    ) -> None:
+        """Delete the row (the tokens go with it), then try Workfront's logout."""
+        async with self._sessions() as db, db.begin():
+            row = await db.scalar(
+                select(Connection).where(Connection.id == connection_id).with_for_update()
+            )
+            if row is None:
+                raise ConnectionNotFound
+            try:
+                access_token: str | None = self._sealer.open(row, ACCESS)
+            except Exception:  # a row we cannot decrypt is still deletable
+                access_token = None
+            await db.execute(delete(Connection).where(Connection.id == connection_id))
+            await self._row_event(db, outbox.CONNECTION_DELETED, row, client_id=client_id)
+        # Committed: this process stops serving it at once.
+        self._reads.changed_here(connection_id)
+        if access_token is not None:
+            await self._workfront.logout(access_token)
+
+    async def _row_event(
+        self,
+        db: AsyncSession,
+        event_type: str,
+        row: Connection,
+        *,
+        client_id: uuid.UUID | None = None,
+    ) -> None:
+        await record_connection_event(
+            db,
+            self._settings,
+            event_type,
+            connection_id=row.id,
+            user_id=row.user_id,
+            external_ref=row.external_ref,
+            client_id=client_id,
+        )
+
+
+async def _spend_connect_link(db: AsyncSession, connect_session_id: uuid.UUID) -> None:
+    spent = await db.scalar(
+        update(ConnectSession)
+        .where(
+            ConnectSession.id == connect_session_id,
+            ConnectSession.used_at.is_(None),
+            ConnectSession.expires_at > now_utc(),
+        )
+        .values(used_at=now_utc())
+        .returning(ConnectSession.id)
+    )
+    if spent is None:
+        raise ConnectLinkSpent

@@ -1,0 +1,146 @@
+"""Single-flight: concurrent callers of one connection share one refresh.
+
+A refresh runs in a task of its own, shielded from its callers: a caller that
+goes away must not cancel it, since abandoning a refresh between Workfront's
+answer and our commit would lose a rotated token. ``drain`` settles the
+flights at shutdown without losing a refresh token, in bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from service.tokens.issued import Ask, IssuedToken
+
+log = logging.getLogger("service.broker")  # pinned: operators filter on it
+
+# The refresh a flight runs: (connection, what it was asked for, the future to
+# resolve once Workfront has answered or will not be asked).
+RefreshRun = Callable[[uuid.UUID, Ask, asyncio.Future[None]], Coroutine[Any, Any, IssuedToken]]
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    """A refresh in progress in this process, and what it was asked for."""
+
+    task: asyncio.Task[IssuedToken]
+    ask: Ask
+    # Done once Workfront has answered, or the refresh ended without asking it;
+    # what may remain is storing the answer (see TokenIssuer.refresh_claimed).
+    answered: asyncio.Future[None]
+
+
+def resolve(answered: asyncio.Future[None]) -> None:
+    if not answered.done():
+        answered.set_result(None)
+
+
+class Presenting:
+    """Refresh tasks that have presented a refresh token and not yet committed:
+    drain() waits for these instead of cancelling them."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def mark(self) -> None:
+        """Called by a refresh right before it presents its refresh token."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def __contains__(self, task: object) -> bool:
+        return task in self._tasks
+
+    def __bool__(self) -> bool:
+        return bool(self._tasks)
+
+
+class Flights:
+    def __init__(
+        self, run: RefreshRun, *, presenting: Presenting, upstream_timeout_seconds: float
+    ) -> None:
+        self._run = run
+        self._presenting = presenting
+        self._upstream_timeout = upstream_timeout_seconds
+        self._flights: dict[uuid.UUID, Flight] = {}
+
+    def __contains__(self, connection_id: uuid.UUID) -> bool:
+        return connection_id in self._flights
+
+    async def join(self, connection_id: uuid.UUID, ask: Ask) -> IssuedToken:
+        flight = await self.flight(connection_id, ask)
+        # shield: a caller that goes away must not cancel a refresh in progress.
+        return await asyncio.shield(flight.task)
+
+    async def flight(self, connection_id: uuid.UUID, ask: Ask) -> Flight:
+        """The refresh of this connection to join: the one in progress, or a new one."""
+        while (flight := self._flights.get(connection_id)) is not None:
+            if not ask.forced or (
+                flight.ask.forced and flight.ask.seen_version >= ask.seen_version
+            ):
+                return flight
+            # A forced caller saw its session rejected; a flight that may not go
+            # upstream (not forced) or that started from an older version could
+            # hand that very session back. Let it finish, then refresh anew.
+            if flight.task.done():
+                # Finished, but its done callback (forget) has not run yet.
+                # Awaiting a finished task returns without yielding to the event
+                # loop, so this loop would spin forever and the whole process
+                # would stop answering. The flight is over: drop it here.
+                del self._flights[connection_id]
+                continue
+            try:
+                await asyncio.shield(flight.task)
+            except asyncio.CancelledError:
+                # That flight was cancelled (drain); this caller was not, unless
+                # its own task is being cancelled.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:  # noqa: S110 - its own callers hear of it
+                pass
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self._run(connection_id, ask, answered), name=f"refresh-{connection_id}"
+        )
+        flight = Flight(task=task, ask=ask, answered=answered)
+        self._flights[connection_id] = flight
+
+        def forget(_: asyncio.Task[IssuedToken], current: Flight = flight) -> None:
+            if self._flights.get(connection_id) is current:
+                del self._flights[connection_id]
+
+        task.add_done_callback(forget)
+        # Also when the task is cancelled before it ever ran.
+        task.add_done_callback(lambda _: resolve(answered))
+        return flight
+
+    async def drain(self) -> None:
+        """Shut down refreshes in flight without losing a refresh token, in bounded time.
+
+        A refresh that has not yet presented its refresh token (waiting for a
+        pool slot or the row lock) is cancelled: its transaction rolls back and
+        Workfront never saw it. One that has presented it holds the rotated
+        token in memory until it commits, so it is waited for, as long as one
+        upstream call can take (the Workfront client's ceiling, twice the
+        upstream timeout), and only then cancelled.
+        """
+        for flight in list(self._flights.values()):
+            if flight.task not in self._presenting:
+                flight.task.cancel()
+        waiting = [flight.task for flight in self._flights.values()]
+        if not waiting:
+            return
+        within = 2 * self._upstream_timeout + 5
+        _, late = await asyncio.wait(waiting, timeout=within)
+        for task in late:
+            log.error("shutdown: a refresh still at Workfront or storing its answer was abandoned")
+            task.cancel()
+        if late:
+            await asyncio.wait(late)

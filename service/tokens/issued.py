@@ -1,0 +1,49 @@
+"""What the refresh path hands out, what it is asked for, and how it fails."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A Workfront session as handed to a caller."""
+
+    connection_id: uuid.UUID
+    session_id: str = field(repr=False)
+    expires_at: datetime
+    user_id: str
+    # The row's token_version it came from.
+    token_version: int
+    # expires_at as a POSIX timestamp: the cache's min_ttl check without
+    # datetime arithmetic.
+    expires_ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "expires_ts", self.expires_at.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a refresh was asked for."""
+
+    seen_version: int  # the token version the caller saw
+    min_ttl: int  # seconds of life the caller needs
+    forced: bool  # refresh even when the session still has min_ttl left
+
+
+class ConnectionNotFound(Exception):
+    pass
+
+
+class NeedsReauth(Exception):
+    pass
+
+
+class UpstreamUnavailable(Exception):
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after

@@ -1,0 +1,127 @@
+"""Storing a refresh's answer again when the locked connection failed after
+Workfront answered.
+
+Workfront has rotated the refresh token then: the stored one is dead, and this
+process holds the only live one. Dropping it would cost the user a
+re-authorization, so a database blip (the connection cut, a failover) is
+retried on fresh connections for as long as one upstream call may take. The
+row lock went with the failed connection; the write applies only while the
+row is active at the version the refresh started from, so it never undoes
+what happened to the row meanwhile (a re-authorization, or ``needs_reauth``
+after another replica presented the dead token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db.errors import is_database_outage, sqlstate
+from service.metrics import REFRESHES
+from service.tokens.issued import ConnectionNotFound, IssuedToken, NeedsReauth
+from service.tokens.reads import TokenReads
+from service.tokens.transaction import TokenWrite, store_tokens_again
+
+log = logging.getLogger("service.broker")  # pinned: operators filter on it
+
+# serialization failure, deadlock, statement cancelled, lock timeout, read-only
+# (a failover in progress): the same statement may succeed a moment later.
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57014", "55P03", "25006"})
+
+
+@dataclass(frozen=True, slots=True)
+class Rotated:
+    """Workfront's answer to a refresh, not yet stored: its old refresh token is dead."""
+
+    issued: IssuedToken
+    write: TokenWrite
+
+
+def worth_storing_again(exc: Exception) -> bool:
+    """A database failure (not a bug): storing the same row again may succeed."""
+    if is_database_outage(exc):  # TimeoutError included (an OSError)
+        return True
+    # From the driver (the locked connection) or wrapped by SQLAlchemy (a retry).
+    return sqlstate(exc) in _RETRYABLE_SQLSTATES
+
+
+def lost(connection_id: uuid.UUID, error: BaseException | None) -> None:
+    """Workfront's new tokens for this connection were never stored."""
+    REFRESHES.labels(outcome="lost").inc()
+    if error is None:
+        log.warning(
+            "the refreshed session of %s was not stored: the row changed meanwhile",
+            connection_id,
+        )
+    else:
+        log.error(
+            "the refreshed session of %s could not be stored (%s):"
+            " the connection will need re-authorization",
+            connection_id,
+            type(error).__name__,
+        )
+
+
+async def store_again(
+    rotated: Rotated,
+    error: Exception,
+    *,
+    reader: AsyncEngine,
+    reads: TokenReads,
+    upstream_timeout: float,
+) -> IssuedToken:
+    """Store a refresh's answer on a new connection after the locked one failed."""
+    connection_id = rotated.write.connection_id
+    log.warning(
+        "storing the refreshed session of %s failed (%s); storing it again",
+        connection_id,
+        type(error).__name__,
+    )
+    deadline = time.monotonic() + 2 * upstream_timeout
+    delay = 0.05
+    try:
+        while True:
+            # Each attempt bounded, the wait for a connection included, and
+            # to a part of the whole: one silent connection must not use
+            # up the time of every attempt.
+            left = deadline - time.monotonic()
+            try:
+                async with asyncio.timeout(max(0.1, min(left, upstream_timeout / 2))):
+                    stored = await store_tokens_again(reader, rotated.write)
+                break
+            except Exception as exc:
+                if not worth_storing_again(exc) or time.monotonic() + delay >= deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 1.0)
+    except BaseException as exc:  # cancelled by drain() at shutdown included
+        lost(connection_id, exc)
+        raise
+    if stored:
+        REFRESHES.labels(outcome="ok").inc()
+        log.info("stored the refreshed session of %s on a new connection", connection_id)
+        return rotated.issued
+    # The row went on: our first commit landed after all, or the row was
+    # re-authorized, disabled or deleted meanwhile. Hand out what it holds.
+    try:
+        read = await reads.read(connection_id)
+    except Exception:
+        log.warning(
+            "refreshed session of %s: could not read back whether it was stored",
+            connection_id,
+        )
+        raise
+    if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
+        REFRESHES.labels(outcome="ok").inc()  # it was our commit
+        return read
+    lost(connection_id, None)
+    if read is None:
+        raise ConnectionNotFound
+    if isinstance(read, str):
+        raise NeedsReauth
+    return read

@@ -1,0 +1,101 @@
+"""The write set of a new token set: what connecting, re-authorizing and
+refreshing a connection store, written down once.
+
+The ORM paths (connect, re-authorize) apply it to a row object; the refresh
+transaction, which runs on the driver, uses the SQL generated from it here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.tokens.schedule import RefreshSchedule
+from service.tokens.sealing import ACCESS, REFRESH, TokenSealer
+from service.workfront import TokenSet
+
+COLUMNS = (
+    "access_token_enc",
+    "refresh_token_enc",
+    "expires_at",
+    "next_refresh_at",
+    "last_refreshed_at",
+    "updated_at",
+    "refresh_failures",
+    "last_error",
+    "last_error_class",
+    "wid",
+)
+# Columns a NULL does not overwrite: Workfront does not always say them again.
+_KEPT_WHEN_NULL = frozenset({"wid"})
+
+
+@dataclass(frozen=True, slots=True)
+class TokenColumns:
+    """A new token set for one row, sealed, as every writer stores it."""
+
+    access_token_enc: str
+    refresh_token_enc: str
+    expires_at: datetime
+    next_refresh_at: datetime
+    refreshed_at: datetime
+    wid: str | None
+
+    def values(self) -> dict[str, Any]:
+        """Column -> value; the token version moves on beside them (+1, or 1 for a new row)."""
+        return dict(zip(COLUMNS, self.arguments(), strict=True))
+
+    def arguments(self) -> tuple[Any, ...]:
+        """The values in ``COLUMNS`` order (the driver's positional parameters)."""
+        # A new token set clears the failure bookkeeping of earlier refreshes.
+        failures, error, error_class = 0, None, None
+        return (
+            self.access_token_enc,
+            self.refresh_token_enc,
+            self.expires_at,
+            self.next_refresh_at,
+            self.refreshed_at,
+            self.refreshed_at,
+            failures,
+            error,
+            error_class,
+            self.wid,
+        )
+
+    def apply_to(self, row: Any) -> None:
+        """Store on an ORM row, moving its token version on."""
+        for column, value in self.values().items():
+            if value is None and column in _KEPT_WHEN_NULL:
+                continue
+            setattr(row, column, value)
+        row.token_version += 1
+
+
+def seal_tokens(
+    sealer: TokenSealer,
+    schedule: RefreshSchedule,
+    connection_id: uuid.UUID,
+    tokens: TokenSet,
+    now: datetime,
+) -> TokenColumns:
+    return TokenColumns(
+        access_token_enc=sealer.seal(connection_id, ACCESS, tokens.access_token),
+        refresh_token_enc=sealer.seal(connection_id, REFRESH, tokens.refresh_token),
+        expires_at=tokens.expires_at,
+        next_refresh_at=schedule.next_refresh_at(tokens.expires_at),
+        refreshed_at=now,
+        wid=tokens.wid or None,
+    )
+
+
+def sql_assignments(first_parameter: int) -> str:
+    """``SET`` list for the driver: ``$first_parameter…`` in ``values()`` order."""
+    parts = ["token_version = token_version + 1"]
+    for n, column in enumerate(COLUMNS, start=first_parameter):
+        if column in _KEPT_WHEN_NULL:
+            parts.append(f"{column} = coalesce(${n}, {column})")
+        else:
+            parts.append(f"{column} = ${n}")
+    return ", ".join(parts)

@@ -1,0 +1,56 @@
+"""When a connection is refreshed next (service.tokens.schedule): no database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from service.clock import now_utc
+from service.config import Settings
+from service.crypto import generate_key
+from service.tokens.schedule import RefreshSchedule
+
+
+def _schedule(**overrides: Any) -> RefreshSchedule:
+    values: dict[str, Any] = {
+        "workfront_url": "https://acme.my.workfront.com",
+        "client_id": "app",
+        "client_secret": "secret-of-the-app",
+        "redirect_uri": "https://broker.example.com/oauth/callback",
+        "encryption_keys": f"k1:{generate_key()}",
+        **overrides,
+    }
+    return RefreshSchedule(Settings(_env_file=None, **values))
+
+
+EXPIRES = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def test_next_refresh_is_ahead_of_expiry_within_the_jitter() -> None:
+    schedule = _schedule(refresh_ahead_seconds=300, refresh_jitter_fraction=0.2)
+    seen = {schedule.next_refresh_at(EXPIRES) for _ in range(200)}
+    latest, earliest = EXPIRES - timedelta(seconds=300), EXPIRES - timedelta(seconds=360)
+    assert all(earliest <= at <= latest for at in seen)
+    assert len(seen) > 1  # jittered: connections made together spread out
+
+
+def test_no_jitter_refreshes_exactly_ahead() -> None:
+    schedule = _schedule(refresh_ahead_seconds=120, refresh_jitter_fraction=0)
+    assert schedule.next_refresh_at(EXPIRES) == EXPIRES - timedelta(seconds=120)
+
+
+@pytest.mark.parametrize(("failures", "ceiling"), [(1, 10.0), (2, 20.0), (3, 40.0), (10, 300.0)])
+def test_backoff_doubles_per_failure_up_to_the_cap(failures: int, ceiling: float) -> None:
+    schedule = _schedule(retry_base_seconds=5, retry_max_seconds=300)
+    for _ in range(50):
+        before = now_utc()
+        delay = (schedule.retry_at(failures, None) - before).total_seconds()
+        assert ceiling / 2 - 0.1 <= delay <= ceiling + 0.1
+
+
+def test_backoff_is_never_sooner_than_retry_after() -> None:
+    schedule = _schedule(retry_base_seconds=5, retry_max_seconds=300)
+    before = now_utc()
+    assert (schedule.retry_at(1, 900.0) - before).total_seconds() >= 900 - 0.1
