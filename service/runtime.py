@@ -17,9 +17,7 @@ from service.crypto import TokenCipher
 from service.db.engine import SessionFactory, autocommit, make_engine, make_session_factory
 from service.db.migrations import alembic_head
 from service.tokens.issuer import TokenIssuer
-from service.tokens.reads import TokenReads
-from service.tokens.schedule import RefreshSchedule
-from service.tokens.sealing import TokenSealer
+from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
 from service.workfront.client import WorkfrontClient
 
@@ -54,9 +52,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ):
             admin = settings.admin_api_key
             reader = autocommit(engine)
-            sealer = TokenSealer(cipher)
-            schedule = RefreshSchedule(settings)
-            reads = TokenReads(settings=settings, reader=reader, sealer=sealer)
+            parts = TokenParts.build(
+                settings, reader=reader, sessions=sessions, cipher=cipher, workfront=workfront
+            )
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -65,22 +63,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 http=http,
                 workfront=workfront,
                 reader=reader,
-                tokens=TokenIssuer(
-                    settings=settings,
-                    reader=reader,
-                    sealer=sealer,
-                    schedule=schedule,
-                    reads=reads,
-                    workfront=workfront,
-                ),
-                connections=ConnectionLifecycle(
-                    settings=settings,
-                    sessions=sessions,
-                    sealer=sealer,
-                    schedule=schedule,
-                    reads=reads,
-                    workfront=workfront,
-                ),
+                tokens=TokenIssuer(parts),
+                connections=ConnectionLifecycle(parts),
                 authenticator=ApiKeyAuthenticator(
                     reader=reader,
                     admin_key=admin.get_secret_value() if admin else None,

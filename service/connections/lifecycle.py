@@ -17,37 +17,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import now_utc
-from service.config import Settings
 from service.connections import outbox
 from service.connections.events import record_connection_event, record_event
-from service.db.engine import SessionFactory
 from service.db.models import STATUS_ACTIVE, Connection, ConnectSession
 from service.signin.links import ConnectLinkSpent
 from service.tokens.issued import ConnectionNotFound
-from service.tokens.reads import TokenReads
-from service.tokens.schedule import RefreshSchedule
-from service.tokens.sealing import ACCESS, TokenSealer
+from service.tokens.parts import TokenParts
+from service.tokens.sealing import ACCESS
 from service.tokens.token_columns import seal_tokens
-from service.workfront import TokenSet, WorkfrontClient, WorkfrontUser
+from service.workfront import TokenSet, WorkfrontUser
 
 
 class ConnectionLifecycle:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        sessions: SessionFactory,
-        sealer: TokenSealer,
-        schedule: RefreshSchedule,
-        reads: TokenReads,
-        workfront: WorkfrontClient,
-    ) -> None:
-        self._settings = settings
-        self._sessions = sessions
-        self._sealer = sealer
-        self._schedule = schedule
-        self._reads = reads
-        self._workfront = workfront
+    def __init__(self, parts: TokenParts) -> None:
+        self._parts = parts
 
     async def store_connection(
         self,
@@ -62,10 +45,10 @@ class ConnectionLifecycle:
         Returns (connection id, created). One transaction: a failure stores
         nothing, and a connect link is spent in the same transaction.
         """
-        instance = self._settings.instance_host
+        instance = self._parts.settings.instance_host
         for _attempt in range(2):
             try:
-                async with self._sessions() as db, db.begin():
+                async with self._parts.sessions() as db, db.begin():
                     if connect_session_id is not None:
                         await _spend_connect_link(db, connect_session_id)
                     row = await db.scalar(
@@ -76,9 +59,9 @@ class ConnectionLifecycle:
                     if row is None:
                         return await self._create(db, instance, user, tokens, external_ref), True
                     recovered = row.status != STATUS_ACTIVE
-                    seal_tokens(self._sealer, self._schedule, row.id, tokens, now_utc()).apply_to(
-                        row
-                    )
+                    seal_tokens(
+                        self._parts.sealer, self._parts.schedule, row.id, tokens, now_utc()
+                    ).apply_to(row)
                     row.status = STATUS_ACTIVE
                     row.customer_id = user.customer_id
                     if external_ref is not None:
@@ -90,7 +73,7 @@ class ConnectionLifecycle:
                         await self._row_event(db, outbox.CONNECTION_RECOVERED, row)
                     reauthorized = row.id
                 # The old session may be cached; the re-authorization replaced it.
-                self._reads.changed_here(reauthorized)
+                self._parts.reads.changed_here(reauthorized)
                 return reauthorized, False
             except IntegrityError:
                 # Two callbacks for one new user raced on the unique key: retry as an update.
@@ -107,7 +90,7 @@ class ConnectionLifecycle:
     ) -> uuid.UUID:
         connection_id = uuid.uuid4()
         now = now_utc()
-        columns = seal_tokens(self._sealer, self._schedule, connection_id, tokens, now)
+        columns = seal_tokens(self._parts.sealer, self._parts.schedule, connection_id, tokens, now)
         values: dict[str, Any] = {
             "id": connection_id,
             "instance": instance,
@@ -122,7 +105,7 @@ class ConnectionLifecycle:
         await db.execute(insert(Connection).values(**values))
         await record_connection_event(
             db,
-            self._settings,
+            self._parts.settings,
             outbox.CONNECTION_CREATED,
             connection_id=connection_id,
             user_id=user.user_id,
@@ -134,22 +117,22 @@ class ConnectionLifecycle:
         self, connection_id: uuid.UUID, *, client_id: uuid.UUID | None
     ) -> None:
         """Delete the row (the tokens go with it), then try Workfront's logout."""
-        async with self._sessions() as db, db.begin():
+        async with self._parts.sessions() as db, db.begin():
             row = await db.scalar(
                 select(Connection).where(Connection.id == connection_id).with_for_update()
             )
             if row is None:
                 raise ConnectionNotFound
             try:
-                access_token: str | None = self._sealer.open(row, ACCESS)
+                access_token: str | None = self._parts.sealer.open(row, ACCESS)
             except Exception:  # a row we cannot decrypt is still deletable
                 access_token = None
             await db.execute(delete(Connection).where(Connection.id == connection_id))
             await self._row_event(db, outbox.CONNECTION_DELETED, row, client_id=client_id)
         # Committed: this process stops serving it at once.
-        self._reads.changed_here(connection_id)
+        self._parts.reads.changed_here(connection_id)
         if access_token is not None:
-            await self._workfront.logout(access_token)
+            await self._parts.workfront.logout(access_token)
 
     async def _row_event(
         self,
@@ -161,7 +144,7 @@ class ConnectionLifecycle:
     ) -> None:
         await record_connection_event(
             db,
-            self._settings,
+            self._parts.settings,
             event_type,
             connection_id=row.id,
             user_id=row.user_id,

@@ -11,9 +11,7 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.config import Settings
 from service.db.engine import read_one
 from service.db.models import Connection
 from service.tokens.flights import Flights, Presenting
@@ -24,11 +22,8 @@ from service.tokens.issued import (
     NeedsReauth,
     UpstreamUnavailable,
 )
-from service.tokens.reads import TokenReads
+from service.tokens.parts import TokenParts
 from service.tokens.refresh import Refresh
-from service.tokens.schedule import RefreshSchedule
-from service.tokens.sealing import TokenSealer
-from service.workfront import WorkfrontClient
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
 
@@ -38,35 +33,16 @@ _VERSION_READ = select(Connection.token_version, Connection.last_refreshed_at, f
 
 
 class TokenIssuer:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        reader: AsyncEngine,
-        sealer: TokenSealer,
-        schedule: RefreshSchedule,
-        reads: TokenReads,
-        workfront: WorkfrontClient,
-    ) -> None:
-        self._settings = settings
-        self._reader = reader
-        self.reads = reads
-        presenting = Presenting()
-        refresh = Refresh(
-            settings=settings,
-            reader=reader,
-            sealer=sealer,
-            schedule=schedule,
-            reads=reads,
-            workfront=workfront,
-            presenting=presenting,
-        )
+    def __init__(self, parts: TokenParts) -> None:
+        self._settings = parts.settings
+        self._reader = parts.reader
+        self.reads = parts.reads
+        self.presenting = Presenting()
         self.flights = Flights(
-            refresh.run,
-            presenting=presenting,
-            upstream_timeout_seconds=settings.upstream_timeout_seconds,
+            Refresh(parts, self.presenting).run,
+            presenting=self.presenting,
+            upstream_timeout_seconds=parts.settings.upstream_timeout_seconds,
         )
-        self.presenting = presenting
 
     def cached_token(self, connection_id: uuid.UUID, min_ttl: int) -> IssuedToken | None:
         """A session from memory with at least ``min_ttl`` seconds left, or None."""

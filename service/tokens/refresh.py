@@ -21,10 +21,7 @@ import logging
 import uuid
 from datetime import timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from service.clock import now_utc
-from service.config import Settings
 from service.connections import outbox
 from service.db.models import STATUS_ACTIVE
 from service.logs import CONNECTION_ID
@@ -37,9 +34,8 @@ from service.tokens.issued import (
     NeedsReauth,
     UpstreamUnavailable,
 )
-from service.tokens.reads import TokenReads
-from service.tokens.schedule import RefreshSchedule
-from service.tokens.sealing import REFRESH, TokenSealer
+from service.tokens.parts import TokenParts
+from service.tokens.sealing import REFRESH
 from service.tokens.store_again import Rotated, lost, store_again, worth_storing_again
 from service.tokens.token_columns import seal_tokens
 from service.tokens.transaction import (
@@ -49,30 +45,21 @@ from service.tokens.transaction import (
     TokenWrite,
     locked_row,
 )
-from service.workfront import GrantRevokedError, TransientError, WorkfrontClient
+from service.workfront import GrantRevokedError, TransientError
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
 
 
 class Refresh:
-    def __init__(
-        self,
-        *,
-        settings: Settings,
-        reader: AsyncEngine,
-        sealer: TokenSealer,
-        schedule: RefreshSchedule,
-        reads: TokenReads,
-        workfront: WorkfrontClient,
-        presenting: Presenting,
-    ) -> None:
-        self._settings = settings
+    def __init__(self, parts: TokenParts, presenting: Presenting) -> None:
+        self._settings = parts.settings
+        self._reader = parts.reader
+        self._sealer = parts.sealer
+        self._schedule = parts.schedule
+        self._reads = parts.reads
+        self._workfront = parts.workfront
         self._presenting = presenting
-        self._reader = reader
-        self._sealer = sealer
-        self._schedule = schedule
-        self._reads = reads
-        self._workfront = workfront
+        settings = parts.settings
         self._lock_timeout_ms = int(settings.lock_timeout_seconds * 1000)
         # A refresh holds a pooled connection across the lock wait and the
         # upstream call; at most half the pool does, so token reads of live
