@@ -17,7 +17,7 @@ from service.db.engine import SessionFactory, autocommit, make_engine, make_sess
 from service.db.migrations import alembic_head
 from service.tokens.broker import Broker
 from service.workers.webhooks import make_webhook_client
-from service.workfront.client import WorkfrontClient
+from service.workfront import WorkfrontClient
 
 
 @dataclass

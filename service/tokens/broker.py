@@ -64,7 +64,7 @@ from service.tokens.transaction import (
     store_tokens_again,
 )
 from service.workers import webhooks
-from service.workfront.client import (
+from service.workfront import (
     GrantRevokedError,
     TokenSet,
     TransientError,

@@ -1,0 +1,48 @@
+"""Workfront: the only code that talks to the instance.
+
+- ``client``: ``WorkfrontClient``'s calls (authorize URL, code exchange,
+  refresh, session lookup, logout) and what they return;
+- ``errors``: the typed failures and the classification of an answer into them;
+- ``http``: the aiohttp session (TLS trust, proxy, timeouts, limits);
+- ``protocol``: the wire facts the emulator shares (paths, PKCE, size bounds).
+"""
+
+from service.workfront.client import TokenSet, WorkfrontClient, WorkfrontUser
+from service.workfront.errors import (
+    ClientCredentialsRejected,
+    GrantRevokedError,
+    SessionRejectedError,
+    TransientError,
+    WorkfrontError,
+)
+from service.workfront.protocol import (
+    API_PATH,
+    AUTHORIZE_PATH,
+    LOGOUT_PATH,
+    MAX_ID_CHARS,
+    MAX_SESSION_SECONDS,
+    MAX_USER_ID_CHARS,
+    SESSION_PATH,
+    TOKEN_PATH,
+    pkce_challenge,
+)
+
+__all__ = [
+    "API_PATH",
+    "AUTHORIZE_PATH",
+    "LOGOUT_PATH",
+    "MAX_ID_CHARS",
+    "MAX_SESSION_SECONDS",
+    "MAX_USER_ID_CHARS",
+    "SESSION_PATH",
+    "TOKEN_PATH",
+    "ClientCredentialsRejected",
+    "GrantRevokedError",
+    "SessionRejectedError",
+    "TokenSet",
+    "TransientError",
+    "WorkfrontClient",
+    "WorkfrontError",
+    "WorkfrontUser",
+    "pkce_challenge",
+]
