@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from service.emulator.app import EmulatorSettings, create_emulator_app
+from service.emulator import EmulatorSettings, create_emulator_app
 from service.web.serving import make_server, run_event_loop, serve_until_signalled
 
 

@@ -25,7 +25,7 @@ import aiohttp
 import httpx
 from common import header, start_emulator, stopping
 
-from service.workfront.client import TOKEN_PATH
+from service.workfront import TOKEN_PATH
 
 UPSTREAM_MS = float(os.environ.get("BENCH_UPSTREAM_MS", "50"))
 CONCURRENCIES = [int(c) for c in os.environ.get("BENCH_CONCURRENCY_LIST", "8,16,32").split(",")]

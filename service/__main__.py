@@ -41,7 +41,7 @@ def _cmd_migrate(_: argparse.Namespace) -> None:
 
 
 def _cmd_emulator(args: argparse.Namespace) -> None:
-    from service.emulator.app import EmulatorSettings, run_emulator
+    from service.emulator import EmulatorSettings, run_emulator
 
     configure_logging()
     settings = EmulatorSettings(

@@ -15,7 +15,7 @@ from typing import Any
 
 from service.config import load_settings, normalize_database_url
 from service.crypto import generate_key
-from service.emulator.app import EmulatorSettings, create_emulator_app
+from service.emulator import EmulatorSettings, create_emulator_app
 from service.web.serving import make_server, serve_until_signalled
 
 DATA_DIR = Path(".dev-data")

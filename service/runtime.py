@@ -19,7 +19,7 @@ from service.db.migrations import alembic_head
 from service.tokens.issuer import TokenIssuer
 from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
-from service.workfront.client import WorkfrontClient
+from service.workfront import WorkfrontClient
 
 
 @dataclass

@@ -34,7 +34,7 @@ from service.app import create_app
 from service.config import Settings, normalize_database_url
 from service.crypto import generate_key
 from service.db.migrations import migrate
-from service.emulator.app import EmulatorSettings, create_emulator_app
+from service.emulator import EmulatorSettings, create_emulator_app
 from service.web.serving import make_server
 
 BROKER_BASE = "http://broker.test"

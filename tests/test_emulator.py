@@ -1,4 +1,4 @@
-"""Tests for the in-memory Workfront emulator (service/emulator.py)."""
+"""Tests for the in-memory Workfront emulator (service/emulator/)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service.emulator.app import (
+from service.emulator import (
     ConnectionDropped,
     EmulatorSettings,
     create_emulator_app,

@@ -22,8 +22,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from service.crypto import TokenCipher, parse_keyring, row_aad
-from service.emulator.app import AUTHORIZE_PATH
 from service.web.routes.oauth import ATTEMPT_COOKIE
+from service.workfront import AUTHORIZE_PATH
 from tests.conftest import (
     ADMIN_KEY,
     BROKER_BASE,

@@ -1,11 +1,11 @@
 """The Workfront client's environment: proxies are taken from the environment
-once, the way httpx applied them (service.workfront.client._proxy_for)."""
+once, the way httpx applied them (service.workfront.http._proxy_for)."""
 
 from __future__ import annotations
 
 import pytest
 
-from service.workfront.client import _proxy_for
+from service.workfront.http import _proxy_for
 
 
 def test_proxy_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

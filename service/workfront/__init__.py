@@ -1,11 +1,48 @@
-"""The only code that talks to Workfront."""
+"""Workfront: the only code that talks to the instance.
 
-from service.workfront.client import (
+- ``client``: ``WorkfrontClient``'s calls (authorize URL, code exchange,
+  refresh, session lookup, logout) and what they return;
+- ``errors``: the typed failures and the classification of an answer into them;
+- ``http``: the aiohttp session (TLS trust, proxy, timeouts, limits);
+- ``protocol``: the wire facts the emulator shares (paths, PKCE, size bounds).
+"""
+
+from service.workfront.client import TokenSet, WorkfrontClient, WorkfrontUser
+from service.workfront.errors import (
+    ClientCredentialsRejected,
     GrantRevokedError,
-    TokenSet,
+    SessionRejectedError,
     TransientError,
-    WorkfrontClient,
-    WorkfrontUser,
+    WorkfrontError,
+)
+from service.workfront.protocol import (
+    API_PATH,
+    AUTHORIZE_PATH,
+    LOGOUT_PATH,
+    MAX_ID_CHARS,
+    MAX_SESSION_SECONDS,
+    MAX_USER_ID_CHARS,
+    SESSION_PATH,
+    TOKEN_PATH,
+    pkce_challenge,
 )
 
-__all__ = ["GrantRevokedError", "TokenSet", "TransientError", "WorkfrontClient", "WorkfrontUser"]
+__all__ = [
+    "API_PATH",
+    "AUTHORIZE_PATH",
+    "LOGOUT_PATH",
+    "MAX_ID_CHARS",
+    "MAX_SESSION_SECONDS",
+    "MAX_USER_ID_CHARS",
+    "SESSION_PATH",
+    "TOKEN_PATH",
+    "ClientCredentialsRejected",
+    "GrantRevokedError",
+    "SessionRejectedError",
+    "TokenSet",
+    "TransientError",
+    "WorkfrontClient",
+    "WorkfrontError",
+    "WorkfrontUser",
+    "pkce_challenge",
+]

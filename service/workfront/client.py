@@ -1,81 +1,50 @@
 """The Workfront client: the only code that talks to the instance.
 
 Every call goes to the configured instance (never to a host taken from a
-callback). Failures become typed errors so callers can tell a transient
-failure (keep the tokens, try again later) from a revoked grant (the user must
-authorize again; never present that refresh token again).
+callback). Failures become typed errors (``service.workfront.errors``) so
+callers can tell a transient failure (keep the tokens, try again later) from a
+revoked grant (the user must authorize again; never present that refresh token
+again).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import math
-import os
-import re
-import ssl
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
-import certifi
 
 from service.clock import now_utc
 from service.config import Settings
 from service.metrics import UPSTREAM_LATENCY
+from service.workfront.errors import (
+    ClientCredentialsRejected,
+    SessionRejectedError,
+    TransientError,
+    session_lookup_error,
+    token_endpoint_error,
+)
+from service.workfront.http import _proxy_for, open_session
+from service.workfront.protocol import (
+    AUTHORIZE_PATH,
+    LOGOUT_PATH,
+    MAX_ID_CHARS,
+    MAX_SESSION_SECONDS,
+    MAX_USER_ID_CHARS,
+    SESSION_PATH,
+    TOKEN_PATH,
+)
 
 log = logging.getLogger("service.workfront")  # pinned: operators filter on it
-
-TOKEN_PATH = "/integrations/oauth2/api/v1/token"
-AUTHORIZE_PATH = "/integrations/oauth2/authorize"
-_TRANSIENT_STATUSES = {408, 429}
-# Bounds of what we store from upstream answers (the columns' sizes).
-MAX_SESSION_SECONDS = 366 * 86_400.0
-MAX_ID_CHARS = 255
-MAX_USER_ID_CHARS = 64
-_MAX_DIAGNOSTIC_CHARS = 300
-# Anything that looks like a token: long runs of token characters.
-_TOKENISH = re.compile(r"[A-Za-z0-9_\-.~+/=]{20,}")
-
-
-class WorkfrontError(Exception):
-    """Base of every upstream failure. ``detail`` is safe to log and store."""
-
-    def __init__(self, detail: str, *, status: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.status = status
-
-
-class TransientError(WorkfrontError):
-    """Network, timeout, 5xx, 408 or 429: the grant is intact, try again later."""
-
-    def __init__(
-        self, detail: str, *, status: int | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(detail, status=status)
-        self.retry_after = retry_after
-
-
-class ClientCredentialsRejected(TransientError):
-    """The token endpoint named our client credentials invalid: a configuration
-    problem that leaves every grant intact (retried with backoff)."""
-
-
-class GrantRevokedError(WorkfrontError):
-    """Any other 4xx from the token endpoint: the code or refresh token is dead."""
-
-
-class SessionRejectedError(WorkfrontError):
-    """The API refused a sessionID (401): the session is gone, the grant may be fine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +61,6 @@ class WorkfrontUser:
     customer_id: str | None
 
 
-def redact(text: str, *secrets: str | None) -> str:
-    """Shorten an upstream body for diagnosis, removing secrets and token-like strings."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _TOKENISH.sub("[redacted]", text)
-    return text[:_MAX_DIAGNOSTIC_CHARS]
-
-
 @dataclass(frozen=True, slots=True)
 class _Answer:
     """An upstream answer, read whole while its connection was held."""
@@ -109,74 +69,23 @@ class _Answer:
     headers: Mapping[str, str]
     body: bytes = field(repr=False)
 
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
     def json(self) -> Any:
         """The body as JSON; ValueError when it is not (the stdlib parser: it
         accepts what Workfront might send, NaN included, that stricter ones refuse)."""
         return json.loads(self.body)
 
 
-def _names_invalid_client(response: _Answer) -> bool:
-    """Whether an error answer says ``{"error": "invalid_client"}`` (RFC 6749 §5.2)."""
-    try:
-        payload = response.json()
-    except ValueError:
-        return False
-    return isinstance(payload, dict) and payload.get("error") == "invalid_client"
-
-
-def pkce_challenge(verifier: str) -> str:
-    digest = hashlib.sha256(verifier.encode()).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-
-
-def _retry_after(response: _Answer) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def _proxy_for(url: str) -> str | None:
-    """The proxy HTTP(S)_PROXY / NO_PROXY name for ``url``, as httpx applied them.
-
-    Resolved once: aiohttp's ``trust_env`` reads the environment and looks for
-    a .netrc file on every request, which cost about 1 ms of CPU per refresh.
-    """
-    parts = urlsplit(url)
-    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
-        return None
-    return urllib.request.getproxies().get(parts.scheme)
-
-
-def _tls_context() -> ssl.SSLContext:
-    """The CA bundle named by SSL_CERT_FILE / SSL_CERT_DIR when set (OpenSSL reads
-    them), else certifi's: the same trust httpx gave, whatever the image's own store."""
-    if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
-        return ssl.create_default_context()
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 class WorkfrontClient:
-    """Calls to the instance over one aiohttp session (see ``open``).
-
-    aiohttp rather than httpx, which the rest of the service uses: a refresh
-    is one small POST, and on the benchmark machine httpx spent 2.9-3.7 ms of
-    CPU per request against aiohttp's 0.4-0.6 ms (bench/http_clients.py), so
-    httpx alone could not keep one core refreshing 512 connections a second.
-    """
+    """Calls to the instance over one aiohttp session (see ``open`` and
+    ``service.workfront.http``)."""
 
     def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
         self._settings = settings
         self._http = http
         self._base = settings.workfront_url
-        self._api = f"{self._base}/attask/api/{settings.workfront_api_version}"
+        version = settings.workfront_api_version
+        self._session_url = f"{self._base}{SESSION_PATH.format(version=version)}"
+        self._logout_url = f"{self._base}{LOGOUT_PATH.format(version=version)}"
         self._token_url = f"{self._base}{TOKEN_PATH}"
         self._proxy = _proxy_for(self._base)
         secret = settings.client_secret.get_secret_value()
@@ -187,34 +96,8 @@ class WorkfrontClient:
     @classmethod
     @asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[WorkfrontClient]:
-        timeout = settings.upstream_timeout_seconds
-        session = aiohttp.ClientSession(
-            # A hard ceiling on one call (Broker.drain waits this long for a
-            # refresh that presented its token), within it connect (pool wait
-            # included) and each read bounded separately.
-            timeout=aiohttp.ClientTimeout(
-                total=2 * timeout,
-                connect=timeout,
-                sock_connect=min(timeout, 5.0),
-                sock_read=timeout,
-            ),
-            # Keep a connection alive for every refresh in flight (the
-            # refresher's, and on-demand ones up to half the database pool):
-            # beyond the limit a refresh would wait for a connection, and that
-            # wait counts against its connect timeout.
-            connector=aiohttp.TCPConnector(
-                limit=max(100, settings.refresher_concurrency, settings.db_pool_size // 2) + 16,
-                limit_per_host=0,
-                ssl=_tls_context(),
-            ),
-            # Never carry one user's Workfront cookies into another's call.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": "workfront-token-broker/0.1"},
-        )
-        try:
-            yield cls(settings, session)
-        finally:
-            await session.close()
+        async with open_session(settings) as http:
+            yield cls(settings, http)
 
     async def _call(self, method: str, url: str, *, what: str, **kwargs: Any) -> _Answer:
         """One request, read whole; network failures and timeouts as TransientError."""
@@ -290,30 +173,18 @@ class WorkfrontClient:
         finally:
             UPSTREAM_LATENCY.labels(call="token").observe(time.monotonic() - started)
 
-        status = response.status
-        if status >= 500 or status in _TRANSIENT_STATUSES:
-            raise TransientError(
-                f"token endpoint answered {status}",
-                status=status,
-                retry_after=_retry_after(response),
-            )
-        if status >= 400:
-            body = redact(response.text, secret, client_secret)
-            if _names_invalid_client(response):
-                # Our app's credentials were refused, not the user's grant: the
-                # request was not processed, so the tokens stay good. Marking
-                # every connection needs_reauth over a mistyped secret would
-                # make every user connect again.
+        error = token_endpoint_error(
+            response.status, response.headers, response.body, secrets=(secret, client_secret)
+        )
+        if error is not None:
+            if isinstance(error, ClientCredentialsRejected):
+                # Marking every connection needs_reauth over a mistyped secret
+                # would make every user connect again: say so to the operator.
                 log.error(
                     "Workfront refused the app's client credentials: check "
                     "BROKER_CLIENT_ID and BROKER_CLIENT_SECRET"
                 )
-                raise ClientCredentialsRejected(
-                    f"token endpoint refused the client credentials ({status})", status=status
-                )
-            raise GrantRevokedError(f"token endpoint answered {status}: {body}", status=status)
-        if status != 200:
-            raise TransientError(f"token endpoint answered {status}", status=status)
+            raise error
         try:
             payload = response.json()
         except ValueError:
@@ -360,15 +231,14 @@ class WorkfrontClient:
         """Learn which user a sessionID belongs to (GET /attask/api/<version>/session)."""
         response = await self._call(
             "GET",
-            f"{self._api}/session",
+            self._session_url,
             what="session lookup",
             headers={"sessionID": access_token},
         )
         status = response.status
-        if status == 401:
-            raise SessionRejectedError("session lookup answered 401", status=status)
-        if status != 200:
-            raise TransientError(f"session lookup answered {status}", status=status)
+        error = session_lookup_error(status)
+        if error is not None:
+            raise error
         try:
             payload = response.json()
         except ValueError:
@@ -390,7 +260,7 @@ class WorkfrontClient:
         """End a session; best effort (Workfront has no OAuth revoke endpoint)."""
         try:
             response = await self._call(
-                "GET", f"{self._api}/logout", what="logout", headers={"sessionID": access_token}
+                "GET", self._logout_url, what="logout", headers={"sessionID": access_token}
             )
         except TransientError as exc:
             log.info("%s; the session will lapse by itself", exc.detail)

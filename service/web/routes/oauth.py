@@ -37,7 +37,7 @@ from service.signin.links import ConnectLinkSpent
 from service.web.deps import RuntimeDep
 from service.web.pages import not_found, page_headers, render
 from service.web.routes.connect_sessions import connect_session_digest
-from service.workfront.client import (
+from service.workfront import (
     ClientCredentialsRejected,
     GrantRevokedError,
     SessionRejectedError,
