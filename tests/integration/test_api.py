@@ -16,7 +16,9 @@ import httpx
 import pytest
 
 from service.app import create_app
-from tests.conftest import ADMIN_KEY, BROKER_BASE, BrokerHarness, Emulator, make_settings
+from tests.support import ADMIN_KEY, BROKER_BASE
+from tests.support.broker import BrokerHarness, make_settings
+from tests.support.emulator import Emulator
 
 SCOPES = ("tokens:read", "connections:read", "connections:write", "admin")
 PROBLEM = "application/problem+json"

@@ -13,15 +13,15 @@ import httpx
 import pytest
 
 from service.config import Settings
-from tests.conftest import (
-    BROKER_BASE,
+from tests.support import BROKER_BASE
+from tests.support.broker import (
     BrokerHarness,
-    Emulator,
     extract_connection_id,
     login_at_emulator,
     running_broker,
     with_query,
 )
+from tests.support.emulator import Emulator
 
 
 async def _counts(db: asyncpg.Connection) -> tuple[int, int]:

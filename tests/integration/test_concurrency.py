@@ -16,8 +16,9 @@ import pytest
 
 from service.config import Settings
 from service.tokens.broker import IssuedToken, _Ask, _Flight
-from tests.conftest import BrokerHarness, Emulator, outlive_hot_cache, running_broker
-from tests.processes import serve_processes
+from tests.support.broker import BrokerHarness, outlive_hot_cache, running_broker
+from tests.support.emulator import Emulator
+from tests.support.processes import serve_processes
 
 
 async def _expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:

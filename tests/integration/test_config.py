@@ -18,7 +18,8 @@ from service.config import (
     require_database_url,
 )
 from service.crypto import generate_key
-from tests.conftest import REPO, env_without_broker, run_cli
+from tests.support import REPO
+from tests.support.processes import env_without_broker, run_cli
 
 REQUIRED = (
     "BROKER_WORKFRONT_URL",

@@ -10,7 +10,9 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from tests.conftest import BROKER_BASE, BrokerHarness, Emulator, login_at_emulator, running_broker
+from tests.support import BROKER_BASE
+from tests.support.broker import BrokerHarness, login_at_emulator, running_broker
+from tests.support.emulator import Emulator
 
 RETURN = "https://app.example.com/workfront"
 

@@ -21,18 +21,10 @@ from service.crypto import (
     parse_keyring,
     row_aad,
 )
-from tests.conftest import (
-    BROKER_BASE,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    BrokerHarness,
-    Emulator,
-    env_without_broker,
-    make_settings,
-    outlive_hot_cache,
-    run_cli,
-    running_broker,
-)
+from tests.support import BROKER_BASE, CLIENT_ID, CLIENT_SECRET
+from tests.support.broker import BrokerHarness, make_settings, outlive_hot_cache, running_broker
+from tests.support.emulator import Emulator
+from tests.support.processes import env_without_broker, run_cli
 
 AAD = row_aad("connections", "11111111-1111-1111-1111-111111111111", "refresh_token")
 TAG_BYTES = 16

@@ -10,13 +10,9 @@ import asyncpg
 import pytest
 
 from service.config import Settings
-from tests.conftest import (
-    BrokerHarness,
-    Emulator,
-    login_at_emulator,
-    row_locked_elsewhere,
-    running_broker,
-)
+from tests.support.broker import BrokerHarness, login_at_emulator, running_broker
+from tests.support.db import row_locked_elsewhere
+from tests.support.emulator import Emulator
 
 
 async def test_absurd_expires_in_is_capped_and_the_token_still_stored(

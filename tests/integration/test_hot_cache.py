@@ -22,8 +22,10 @@ from sqlalchemy import event
 from service.config import Settings
 from service.hotcache import HotCache
 from service.web.schemas import TokenOut
-from tests.conftest import ADMIN_KEY, BrokerHarness, Emulator, running_broker
-from tests.processes import serve_processes
+from tests.support import ADMIN_KEY
+from tests.support.broker import BrokerHarness, running_broker
+from tests.support.emulator import Emulator
+from tests.support.processes import serve_processes
 
 CONTRACT_WAIT = 1.1
 

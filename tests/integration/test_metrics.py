@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 from service.config import Settings
-from tests.conftest import Emulator, running_broker
+from tests.support.broker import running_broker
+from tests.support.emulator import Emulator
 
 
 async def test_metrics_cover_refreshes_tokens_and_connections(

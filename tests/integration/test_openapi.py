@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 from service.web.openapi_export import openapi_document, render
-from tests.conftest import BrokerHarness
+from tests.support import REPO
+from tests.support.broker import BrokerHarness
 
-COMMITTED = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+COMMITTED = REPO / "openapi" / "openapi.json"
 # Long runs of token characters, or our key prefix followed by real key material.
 _SECRET_LOOKING = re.compile(r"(wtb_[A-Za-z0-9_-]{20,}|[A-Za-z0-9_-]{32,})")
 

@@ -14,15 +14,9 @@ import httpx
 import pytest
 
 from service.config import Settings
-from tests.conftest import (
-    ADMIN_KEY,
-    BROKER_BASE,
-    BrokerHarness,
-    Emulator,
-    login_at_emulator,
-    running_broker,
-    with_query,
-)
+from tests.support import ADMIN_KEY, BROKER_BASE
+from tests.support.broker import BrokerHarness, login_at_emulator, running_broker, with_query
+from tests.support.emulator import Emulator
 
 RETURN = "https://app.example.com/workfront"
 _CSP_PARTS = (

@@ -24,13 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.config import Settings
 from service.db.engine import autocommit, make_engine
 from service.tokens.transaction import TokenWrite, store_tokens_again
-from tests.conftest import (
-    BrokerHarness,
-    Emulator,
-    asyncpg_dsn,
-    row_locked_elsewhere,
-    running_broker,
-)
+from tests.support.broker import BrokerHarness, running_broker
+from tests.support.db import asyncpg_dsn, row_locked_elsewhere
+from tests.support.emulator import Emulator
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 _OPEN_TRANSACTIONS = """

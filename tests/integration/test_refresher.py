@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,10 @@ import asyncpg
 import httpx
 
 from service.config import Settings
-from service.crypto import TokenCipher, row_aad
-from tests.conftest import BrokerHarness, Emulator, running_broker
-from tests.processes import serve_processes
+from tests.support.broker import BrokerHarness, running_broker
+from tests.support.db import seed_connections
+from tests.support.emulator import Emulator
+from tests.support.processes import serve_processes
 
 
 async def _wait_until(predicate: Callable[[], Any], *, within: float, what: str) -> None:
@@ -141,51 +141,6 @@ async def test_revoked_grant_stops_the_refresher(
         meta = (await broker.client.get(f"/v1/connections/{connection_id}", headers=reader)).json()
         assert meta["last_error_class"] == "grant_revoked"
         assert meta["next_refresh_at"] is None
-
-
-async def seed_connections(
-    db: asyncpg.Connection, emulator: Emulator, settings: Settings, count: int
-) -> list[uuid.UUID]:
-    """Users connected in bulk: grants minted by the emulator, rows stored as the broker does."""
-    response = await emulator.control.post(
-        "/__emulator/grants", json={"usernames": [f"bulk-{i}" for i in range(count)]}
-    )
-    response.raise_for_status()
-    cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
-    now = datetime.now(UTC)
-    rows = []
-    for grant in response.json()["grants"]:
-        connection_id = uuid.uuid4()
-        rows.append(
-            (
-                connection_id,
-                settings.instance_host,
-                grant["user_id"],
-                grant["customer_id"],
-                grant["wid"],
-                cipher.encrypt(
-                    grant["access_token"], aad=row_aad("connections", connection_id, "access_token")
-                ),
-                cipher.encrypt(
-                    grant["refresh_token"],
-                    aad=row_aad("connections", connection_id, "refresh_token"),
-                ),
-                now + timedelta(seconds=settings.session_ttl_seconds),
-            )
-        )
-    await db.copy_records_to_table(
-        "connections",
-        records=[
-            (*row, "active", 1, now, now, 0, now, now)
-            for row in rows
-        ],
-        columns=[
-            "id", "instance", "user_id", "customer_id", "wid", "access_token_enc",
-            "refresh_token_enc", "expires_at", "status", "token_version", "next_refresh_at",
-            "last_refreshed_at", "refresh_failures", "created_at", "updated_at",
-        ],
-    )  # fmt: skip
-    return [row[0] for row in rows]
 
 
 async def test_three_replicas_refresh_a_thousand_due_connections_exactly_once(

@@ -10,7 +10,8 @@ import asyncpg
 from service.config import Settings
 from service.db.engine import make_engine, make_session_factory
 from service.workers.retention import prune_events
-from tests.conftest import Emulator, running_broker
+from tests.support.broker import running_broker
+from tests.support.emulator import Emulator
 
 _INSERT_AGED = """
     INSERT INTO events (kind, detail, at)

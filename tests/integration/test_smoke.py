@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import BrokerHarness
+from tests.support.broker import BrokerHarness
 
 
 async def test_connect_fetch_and_use_session(broker: BrokerHarness) -> None:

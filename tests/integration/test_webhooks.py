@@ -22,7 +22,9 @@ from starlette.routing import Route
 
 from service.config import Settings
 from service.web.serving import make_server
-from tests.conftest import BrokerHarness, Emulator, free_port, running_broker
+from tests.support.broker import BrokerHarness, running_broker
+from tests.support.emulator import Emulator
+from tests.support.processes import free_port
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 

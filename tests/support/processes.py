@@ -1,4 +1,5 @@
-"""Real `python -m service …` processes for tests: start, wait until ready, stop.
+"""Real `python -m service …` processes for tests: start, wait until ready, stop;
+the CLI run as a user runs it; free ports for them.
 
 Used wherever a test needs what only a separate process shows: several
 replicas on one database, signals, the JSON log a process writes, a schema
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
+import socket
 import subprocess
 import sys
 import time
@@ -19,9 +22,60 @@ from pathlib import Path
 import httpx
 
 from service.config import Settings
-from tests.conftest import ADMIN_KEY, REPO, free_port
+from tests.support import ADMIN_KEY, REPO
 
 READY_WITHIN_SECONDS = 30
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A free port outside the ephemeral range.
+
+    A port the kernel hands out for "port 0" can be taken by any outbound
+    connection (to PostgreSQL, between test clients and replicas) while a
+    killed replica is down, and the replica then cannot come back on it.
+    """
+    low, _ = _ephemeral_range()
+    pool = range(max(1024, low - 12000), low)
+    for _ in range(200):
+        port = random.choice(pool)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+def env_without_broker(**extra: str) -> dict[str, str]:
+    """This process's environment minus every BROKER_ variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], cwd: Path = REPO, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`python -m service ARGS` as a user runs it; never raises on a non-zero exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def serve_env(database_url: str, settings: Settings, **extra: str) -> dict[str, str]:

@@ -28,16 +28,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
-from tests.conftest import (
-    ADMIN_KEY,
-    CLIENT_ID,
-    CLIENT_SECRET,
-    REPO,
-    TABLES,
-    env_without_broker,
-    free_port,
-)
-from tests.processes import start, stop, wait_ready
+from tests.support import ADMIN_KEY, CLIENT_ID, CLIENT_SECRET, REPO
+from tests.support.db import TABLES
+from tests.support.processes import env_without_broker, free_port, start, stop, wait_ready
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Without these, Chromium on a closed network spends its time (and fails)

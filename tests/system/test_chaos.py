@@ -34,9 +34,9 @@ import httpx
 import pytest
 
 from service.crypto import TokenCipher, row_aad
-from tests.conftest import BrokerHarness, free_port
-from tests.processes import serve_env
-from tests.test_refresher import seed_connections
+from tests.support.broker import BrokerHarness
+from tests.support.db import seed_connections
+from tests.support.processes import free_port, serve_env
 
 CHAOS_SECONDS = float(os.environ.get("CHAOS_SECONDS", "40"))
 CONNECTIONS = 40

@@ -19,15 +19,10 @@ import pytest
 from sqlalchemy import make_url
 
 from service.config import Settings
-from tests.conftest import (
-    Emulator,
-    asyncpg_dsn,
-    env_without_broker,
-    free_port,
-    make_settings,
-    run_cli,
-    running_broker,
-)
+from tests.support.broker import make_settings, running_broker
+from tests.support.db import asyncpg_dsn
+from tests.support.emulator import Emulator
+from tests.support.processes import env_without_broker, free_port, run_cli
 
 
 def test_migrate_is_idempotent(database_url: str) -> None:

@@ -21,9 +21,10 @@ import yaml
 
 from service.__main__ import build_parser
 from service.config import ENV_PREFIX, Settings
-from tests.conftest import env_without_broker
+from tests.support import REPO
+from tests.support.processes import env_without_broker
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"

@@ -15,9 +15,9 @@ from sqlalchemy.engine import make_url
 
 from service.config import normalize_database_url
 from service.db.migrations import migrate
-from tests.conftest import BrokerHarness, make_settings
-from tests.processes import serve_processes
-from tests.test_refresher import seed_connections
+from tests.support.broker import BrokerHarness, make_settings
+from tests.support.db import seed_connections
+from tests.support.processes import serve_processes
 
 
 class StoppablePostgres:

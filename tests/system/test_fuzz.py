@@ -4,7 +4,7 @@ Every check schemathesis has (no 5xx, responses match the schema, status codes
 and headers documented, schema-valid input accepted, invalid input rejected,
 authentication never ignored), once with the admin key and once with no key,
 with a bounded number of examples and a fixed seed so a failure reproduces.
-`tests/fuzz/schemathesis.toml` lists the documented exceptions.
+`tests/system/fuzz/schemathesis.toml` lists the documented exceptions.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_KEY, REPO, BrokerHarness
-from tests.processes import one_serve
+from tests.support import ADMIN_KEY, REPO
+from tests.support.broker import BrokerHarness
+from tests.support.processes import one_serve
 
-CONFIG = REPO / "tests" / "fuzz" / "schemathesis.toml"
+CONFIG = REPO / "tests" / "system" / "fuzz" / "schemathesis.toml"
 EXAMPLES = os.environ.get("FUZZ_EXAMPLES", "25")
 SEED = os.environ.get("FUZZ_SEED", "20261127")
 

@@ -16,9 +16,9 @@ import asyncpg
 import httpx
 
 from service.crypto import generate_key
-from tests.conftest import BrokerHarness, free_port, make_settings, run_cli, running_broker
-from tests.processes import serve_env, serve_processes
-from tests.test_refresher import seed_connections
+from tests.support.broker import BrokerHarness, make_settings, running_broker
+from tests.support.db import seed_connections
+from tests.support.processes import free_port, run_cli, serve_env, serve_processes
 
 CONNECTIONS = 1500
 BATCH = 100

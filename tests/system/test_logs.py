@@ -21,8 +21,9 @@ import httpx
 from service.crypto import parse_keyring
 from service.logs import make_formatter
 from service.web.routes.oauth import ATTEMPT_COOKIE
-from tests.conftest import ADMIN_KEY, CLIENT_SECRET, BrokerHarness, login_at_emulator
-from tests.processes import serve_processes
+from tests.support import ADMIN_KEY, CLIENT_SECRET
+from tests.support.broker import BrokerHarness, login_at_emulator
+from tests.support.processes import serve_processes
 
 RETURN_PREFIX = "https://app.example/"
 

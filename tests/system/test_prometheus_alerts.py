@@ -9,7 +9,6 @@ on-call person's alerting.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import promql_parser
@@ -19,8 +18,9 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from service import metrics
 from service.config import ENV_PREFIX, Settings
+from tests.support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 ALERTS = ROOT / "deploy" / "prometheus-alerts.yml"
 # Series from outside the broker: Prometheus's own and the blackbox exporter's.
 FOREIGN_SERIES = {"up", "probe_success"}

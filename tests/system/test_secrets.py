@@ -24,14 +24,8 @@ from sqlalchemy.engine import make_url
 from service.crypto import TokenCipher, parse_keyring, row_aad
 from service.emulator.app import AUTHORIZE_PATH
 from service.web.routes.oauth import ATTEMPT_COOKIE
-from tests.conftest import (
-    ADMIN_KEY,
-    BROKER_BASE,
-    CLIENT_SECRET,
-    BrokerHarness,
-    extract_connection_id,
-    login_at_emulator,
-)
+from tests.support import ADMIN_KEY, BROKER_BASE, CLIENT_SECRET
+from tests.support.broker import BrokerHarness, extract_connection_id, login_at_emulator
 
 MIN_SECRET_LENGTH = 8
 

@@ -18,8 +18,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import BrokerHarness, asyncpg_dsn
-from tests.processes import one_serve
+from tests.support.broker import BrokerHarness
+from tests.support.db import asyncpg_dsn
+from tests.support.processes import one_serve
 
 
 async def _exit_code(process: subprocess.Popen[bytes], within: float) -> int:
