@@ -22,6 +22,7 @@ from tests.support.broker import (
     make_settings,
     new_encryption_keys,
     running_broker,
+    shared_broker,
 )
 from tests.support.db import migrated_database, postgres_server_url, raw_connection, truncate_all
 from tests.support.emulator import Emulator, reset_emulator, serve_emulator
@@ -93,6 +94,20 @@ async def broker(
     clean_db: None, emulator: Emulator, settings_for: Callable[..., Settings]
 ) -> AsyncIterator[BrokerHarness]:
     async with running_broker(settings_for(), emulator) as harness:
+        yield harness
+
+
+@pytest.fixture(scope="module")
+async def api(
+    database_url: str, emulator_url: str, encryption_keys: str
+) -> AsyncIterator[BrokerHarness]:
+    """One broker for the whole module, for tests that only compare before/after.
+
+    Starting a broker costs ~0.1 s (TLS contexts, engine); the hundreds of
+    stateless auth and bad-input cases share this one instead of ``broker``.
+    """
+    settings = make_settings(database_url, emulator_url, encryption_keys)
+    async with shared_broker(settings, emulator_url) as harness:
         yield harness
 
 
