@@ -4,33 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import FrameType
 
 import asyncpg
-import httpx
 import pytest
 
 from service.config import Settings
 from service.tokens.broker import IssuedToken, _Ask, _Flight
 from tests.support.broker import BrokerHarness, outlive_hot_cache, running_broker
-from tests.support.emulator import Emulator
-from tests.support.processes import serve_processes
-
-
-async def _expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
-    await db.execute(
-        "UPDATE connections SET expires_at = $2 WHERE id = $1",
-        connection_id,
-        datetime.now(UTC) + timedelta(seconds=seconds),
-    )
-
-
-async def _refresh_requests(emulator: Emulator) -> list[dict[str, object]]:
-    return [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"]
+from tests.support.db import expire_soon
+from tests.support.emulator import Emulator, refresh_requests
 
 
 async def test_fifty_token_requests_share_one_refresh(
@@ -38,7 +23,7 @@ async def test_fifty_token_requests_share_one_refresh(
 ) -> None:
     connection_id = await broker.connect("alice")
     headers = await broker.api_key("tokens:read")
-    await _expire_soon(db, connection_id, 10)
+    await expire_soon(db, connection_id, 10)
     await broker.emulator.configure(latency_ms=100)
     responses = await asyncio.gather(
         *(
@@ -48,7 +33,7 @@ async def test_fifty_token_requests_share_one_refresh(
     )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["session_id"] for r in responses}) == 1
-    assert len(await _refresh_requests(broker.emulator)) == 1
+    assert len(await refresh_requests(broker.emulator)) == 1
     assert await broker.emulator.presented_twice() == []
 
 
@@ -63,7 +48,7 @@ async def test_fifty_forced_refreshes_share_one_upstream_call(broker: BrokerHarn
         )
     )
     assert {r.status_code for r in responses} == {200}
-    assert len(await _refresh_requests(broker.emulator)) == 1
+    assert len(await refresh_requests(broker.emulator)) == 1
 
 
 async def test_successive_refreshes_present_each_token_once(
@@ -79,7 +64,7 @@ async def test_successive_refreshes_present_each_token_once(
         assert response.status_code == 200
         sessions.add(response.json()["session_id"])
     assert len(sessions) == 5
-    assert len(await _refresh_requests(broker.emulator)) == 5
+    assert len(await refresh_requests(broker.emulator)) == 5
     assert await broker.emulator.presented_twice() == []
     assert (await broker.emulator.stats())["reuse_detected"] == 0
     version = await db.fetchval(
@@ -130,7 +115,7 @@ async def test_transient_failure_serves_the_current_session_while_valid(
     current = (
         await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     ).json()["session_id"]
-    await _expire_soon(db, connection_id, 30)
+    await expire_soon(db, connection_id, 30)
     await outlive_hot_cache()
     await broker.emulator.faults({"kind": "status", "status": 502})
     response = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
@@ -147,7 +132,7 @@ async def test_transient_failure_after_expiry_is_503_with_retry_after(
 ) -> None:
     connection_id = await broker.connect("alice")
     headers = await broker.api_key("tokens:read")
-    await _expire_soon(db, connection_id, -1)
+    await expire_soon(db, connection_id, -1)
     await broker.emulator.faults({"kind": "status", "status": 429, "retry_after": 7})
     response = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     assert response.status_code == 503
@@ -157,12 +142,12 @@ async def test_transient_failure_after_expiry_is_503_with_retry_after(
     again = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     assert again.status_code == 503
     assert 6 <= int(again.headers["retry-after"]) <= 10  # backoff, never below Retry-After: 7
-    assert len(await _refresh_requests(broker.emulator)) == 1
+    assert len(await refresh_requests(broker.emulator)) == 1
     # Once the wait is over, the grant is intact: the same refresh token succeeds.
     await db.execute("UPDATE connections SET next_refresh_at = now() WHERE id = $1", connection_id)
     retry = await broker.client.get(f"/v1/connections/{connection_id}/token", headers=headers)
     assert retry.status_code == 200
-    statuses = [r["status"] for r in await _refresh_requests(broker.emulator)]
+    statuses = [r["status"] for r in await refresh_requests(broker.emulator)]
     assert statuses == [429, 200]
 
 
@@ -197,7 +182,7 @@ async def test_rotation_off_keeps_the_refresh_token(
             f"/v1/connections/{connection_id}/refresh", headers=headers
         )
         assert response.status_code == 200, response.text
-    presented = {r["refresh_token"] for r in await _refresh_requests(broker.emulator)}
+    presented = {r["refresh_token"] for r in await refresh_requests(broker.emulator)}
     assert len(presented) == 1
 
 
@@ -221,57 +206,6 @@ async def test_expires_in_zero_assumes_configured_lifetime(
     assert timedelta(seconds=ttl - 10) < expires_at - datetime.now(UTC) <= timedelta(seconds=ttl)
 
 
-# Across processes ----------------------------------------------------------------
-
-
-async def test_two_processes_share_one_refresh(
-    broker: BrokerHarness,
-    db: asyncpg.Connection,
-    database_url: str,
-    tmp_path: Path,
-) -> None:
-    connection_id = await broker.connect("alice")
-    headers = await broker.api_key("tokens:read")
-    async with serve_processes(
-        2,
-        database_url=database_url,
-        settings=broker.settings,
-        log_dir=tmp_path,
-        # Stragglers of the forced round that arrive after its refresh
-        # committed share it too, however the 50 requests spread out.
-        extra_env={"BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "30"},
-    ) as urls:
-        await _expire_soon(db, connection_id, 10)
-        await broker.emulator.configure(latency_ms=300)
-        async with httpx.AsyncClient(timeout=30) as client:
-            responses = await asyncio.gather(
-                *(
-                    client.get(
-                        f"{urls[i % 2]}/v1/connections/{connection_id}/token", headers=headers
-                    )
-                    for i in range(50)
-                )
-            )
-            assert {r.status_code for r in responses} == {200}
-            assert len({r.json()["session_id"] for r in responses}) == 1
-            assert len(await _refresh_requests(broker.emulator)) == 1
-
-            # Past the forced-refresh debounce, so the forced round refreshes.
-            await db.execute("UPDATE connections SET last_refreshed_at = now() - interval '1 hour'")
-            forced = await asyncio.gather(
-                *(
-                    client.post(
-                        f"{urls[i % 2]}/v1/connections/{connection_id}/refresh", headers=headers
-                    )
-                    for i in range(50)
-                )
-            )
-            assert {r.status_code for r in forced} == {200}
-    assert len(await _refresh_requests(broker.emulator)) == 2
-    assert await broker.emulator.presented_twice() == []
-    assert (await broker.emulator.stats())["reuse_detected"] == 0
-
-
 async def test_forced_refreshes_just_after_a_refresh_are_debounced(
     clean_db: None,
     emulator: Emulator,
@@ -288,7 +222,7 @@ async def test_forced_refreshes_just_after_a_refresh_are_debounced(
         second = await broker.client.post(url, headers=headers)
         assert first.status_code == second.status_code == 200
         assert first.json()["session_id"] == second.json()["session_id"]
-    assert len(await _refresh_requests(emulator)) == 1
+    assert len(await refresh_requests(emulator)) == 1
 
 
 async def test_a_forced_caller_does_not_spin_on_a_flight_that_just_finished(

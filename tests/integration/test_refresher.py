@@ -1,31 +1,20 @@
-"""The proactive refresher: idle connections stay alive; replicas share the work."""
+"""The proactive refresher: idle connections stay alive, failures back off, a revoked
+grant stops it. Replicas sharing the work: tests/system/test_refresher.py."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
 from service.config import Settings
-from tests.support.broker import BrokerHarness, running_broker
-from tests.support.db import seed_connections
+from tests.support.broker import running_broker
+from tests.support.db import wait_until
 from tests.support.emulator import Emulator
-from tests.support.processes import serve_processes
-
-
-async def _wait_until(predicate: Callable[[], Any], *, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _fast_refresher(settings_for: Callable[..., Settings], **overrides: Any) -> Settings:
@@ -62,7 +51,7 @@ async def test_idle_connection_is_renewed_before_it_expires(
             )
             return bool(version >= 2)
 
-        await _wait_until(renewed, within=6, what="the refresher to renew the idle connection")
+        await wait_until(renewed, within=6, what="the refresher to renew the idle connection")
         assert datetime.now(UTC) < first_expiry  # renewed before the old session lapsed
         headers = await broker.api_key("tokens:read")
         token = await broker.client.get(
@@ -101,7 +90,7 @@ async def test_transient_failures_back_off_and_recover(
             )
             return bool(row["token_version"] == 2 and row["refresh_failures"] == 0)
 
-        await _wait_until(recovered, within=10, what="recovery after two transient failures")
+        await wait_until(recovered, within=10, what="recovery after two transient failures")
         reader = await broker.api_key("connections:read")
         meta = (await broker.client.get(f"/v1/connections/{connection_id}", headers=reader)).json()
         assert meta["status"] == "active"
@@ -133,7 +122,7 @@ async def test_revoked_grant_stops_the_refresher(
             )
             return bool(status == "needs_reauth")
 
-        await _wait_until(marked, within=5, what="needs_reauth")
+        await wait_until(marked, within=5, what="needs_reauth")
         seen = len(await emulator.requests())
         await asyncio.sleep(1)  # five more refresher rounds
         assert len(await emulator.requests()) == seen
@@ -141,39 +130,3 @@ async def test_revoked_grant_stops_the_refresher(
         meta = (await broker.client.get(f"/v1/connections/{connection_id}", headers=reader)).json()
         assert meta["last_error_class"] == "grant_revoked"
         assert meta["next_refresh_at"] is None
-
-
-async def test_three_replicas_refresh_a_thousand_due_connections_exactly_once(
-    broker: BrokerHarness,
-    db: asyncpg.Connection,
-    database_url: str,
-    tmp_path: Path,
-) -> None:
-    emulator = broker.emulator
-    ids = await seed_connections(db, emulator, broker.settings, 1000)
-    assert len(ids) == 1000
-    async with serve_processes(
-        3,
-        database_url=database_url,
-        settings=broker.settings,
-        log_dir=tmp_path,
-        extra_env={
-            "BROKER_REFRESHER_POLL_SECONDS": "0.2",
-            "BROKER_REFRESHER_BATCH_SIZE": "50",
-            "BROKER_REFRESHER_CONCURRENCY": "16",
-        },
-    ):
-
-        async def all_refreshed() -> bool:
-            left = await db.fetchval("SELECT count(*) FROM connections WHERE token_version < 2")
-            return bool(left == 0)
-
-        await _wait_until(all_refreshed, within=90, what="every connection to be refreshed")
-        await asyncio.sleep(1)  # any double refresh would land now
-    versions = await db.fetch("SELECT token_version, count(*) FROM connections GROUP BY 1")
-    assert [(r[0], r[1]) for r in versions] == [(2, 1000)]
-    refreshes = [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"]
-    assert len(refreshes) == 1000
-    assert {r["status"] for r in refreshes} == {200}
-    assert await emulator.presented_twice() == []
-    assert (await emulator.stats())["reuse_detected"] == 0

@@ -8,8 +8,9 @@ import asyncio
 import os
 import secrets
 import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,6 +112,26 @@ async def truncate_all(db: asyncpg.Connection) -> None:
 async def count(db: asyncpg.Connection, table: str) -> int:
     value: int = await db.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608 (constant)
     return value
+
+
+async def expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
+    """The connection's session expires ``seconds`` from now (in the past when negative)."""
+    await db.execute(
+        "UPDATE connections SET expires_at = $2 WHERE id = $1",
+        connection_id,
+        datetime.now(UTC) + timedelta(seconds=seconds),
+    )
+
+
+async def wait_until(predicate: Callable[[], Awaitable[Any]], *, within: float, what: str) -> None:
+    """Until ``predicate()`` (typically a query on the rows) is true; fails naming
+    ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def event_kinds(db: asyncpg.Connection) -> list[str]:

@@ -52,6 +52,11 @@ class Emulator:
         return data
 
 
+async def refresh_requests(emulator: Emulator) -> list[dict[str, object]]:
+    """The refresh-token grants the emulator's token endpoint saw, in order."""
+    return [r for r in await emulator.requests() if r["grant_type"] == "refresh_token"]
+
+
 @contextmanager
 def serve_emulator() -> Iterator[str]:
     """The emulator, with the test broker registered (CLIENT_ID, its callback at
