@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.crypto import KeyringError, parse_keyring
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("service.config")  # pinned: operators filter on it
 
 ENV_PREFIX = "BROKER_"
 # <domain>.<lane>.workfront.com and the unified-experience <domain>.<lane>.workfront.adobe.com

@@ -13,11 +13,11 @@ Entries in use are kept warm without a query per request: a background round
 (in the app's lifespan, two or more per lifetime) re-reads the rows of the
 entries served in the last two rounds in one ``= ANY(...)`` query; an entry
 whose row is unchanged gets a new deadline (an attribute store: a round over
-thousands of entries takes about a millisecond and never stalls requests), a
+thousands of entries is cheap and never stalls requests), a
 changed row replaces it, a gone one drops it. Per process that is a few
 queries a second however many reads it serves; a request finds its answer in
 memory. (cachetools' TTLCache was the first version: re-storing every entry
-each round cost ~8 µs an entry, a stall of several ms per round under load.)
+each round stalled requests under load; docs/benchmarks.md has the figures.)
 
 ``local_change()`` is called when this process itself changes a row: a read
 that started before it may not store what it saw (it could be older than the

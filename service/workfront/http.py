@@ -33,7 +33,7 @@ def _proxy_for(url: str) -> str | None:
     """The proxy HTTP(S)_PROXY / NO_PROXY name for ``url``, as httpx applied them.
 
     Resolved once: aiohttp's ``trust_env`` reads the environment and looks for
-    a .netrc file on every request, which cost about 1 ms of CPU per refresh.
+    a .netrc file on every request, a CPU cost per refresh (docs/benchmarks.md).
     """
     parts = urlsplit(url)
     if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
