@@ -1,33 +1,27 @@
-"""API keys and scopes for the internal API.
+"""Who is calling: an API key's client and scopes, from a cache kept fresh.
 
-Keys are ``wtb_`` + 43 URL-safe characters (256 random bits); only their
-SHA-256 is stored. A lookup result is kept in a ``HotCache`` (see
-service.hotcache): served for less than one second after its row was read,
-kept warm by a background revalidation, so a hot token endpoint pays no query
-per call while a revoked key still stops working within one second on every
-replica. Unknown keys are cached too, so a caller retrying a bad key does not
-reach the database each time; the cache is an LRU bounded by
-``BROKER_HOT_CACHE_MAX_ENTRIES``.
+Keys are looked up by their SHA-256 (see service.apikeys.keys). A lookup
+result is kept in a ``HotCache`` (see service.hotcache): served for less than
+one second after its row was read, kept warm by a background revalidation, so
+a hot token endpoint pays no query per call while a revoked key still stops
+working within one second on every replica. Unknown keys are cached too, so a
+caller retrying a bad key does not reach the database each time; the cache is
+an LRU bounded by ``BROKER_HOT_CACHE_MAX_ENTRIES``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import ARRAY, LargeBinary, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.apikeys.keys import ADMIN, hash_key, scopes_allow
 from service.db.engine import read_all
 from service.hotcache import HotCache
 from service.metrics import HOT_CACHE_READS
-
-KEY_PREFIX = "wtb_"
-SCOPES = ("tokens:read", "connections:read", "connections:write", "admin")
-ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,20 +33,7 @@ class Principal:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return ADMIN in self.scopes or scope in self.scopes
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def key_hint(key: str) -> str:
-    """A short, non-secret label an operator can match against (prefix + 4 chars)."""
-    return key[: len(KEY_PREFIX) + 4]
+        return scopes_allow(self.scopes, scope)
 
 
 # Built once: constructing a statement per call costs more than running it.

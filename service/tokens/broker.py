@@ -47,9 +47,9 @@ from service.db.engine import SessionFactory, read_all, read_one
 from service.db.errors import is_database_outage, sqlstate
 from service.db.models import (
     STATUS_ACTIVE,
-    Authorization,
     Connection,
-    ConnectSession,
+    ConnectLink,
+    SigninAttempt,
 )
 from service.hotcache import Entry, HotCache
 from service.logs import CONNECTION_ID
@@ -833,14 +833,14 @@ class Broker:
     @staticmethod
     async def _spend_connect_session(session: AsyncSession, connect_session_id: uuid.UUID) -> None:
         spent = await session.scalar(
-            update(ConnectSession)
+            update(ConnectLink)
             .where(
-                ConnectSession.id == connect_session_id,
-                ConnectSession.used_at.is_(None),
-                ConnectSession.expires_at > now_utc(),
+                ConnectLink.id == connect_session_id,
+                ConnectLink.used_at.is_(None),
+                ConnectLink.expires_at > now_utc(),
             )
             .values(used_at=now_utc())
-            .returning(ConnectSession.id)
+            .returning(ConnectLink.id)
         )
         if spent is None:
             raise ConnectLinkSpent
@@ -945,10 +945,10 @@ class Broker:
         async with self._sessions() as session, session.begin():
             attempts = (
                 await session.scalars(
-                    select(Authorization)
+                    select(SigninAttempt)
                     .where(
-                        Authorization.code_verifier_enc.is_not(None),
-                        func.left(Authorization.code_verifier_enc, len(primary)) != primary,
+                        SigninAttempt.code_verifier_enc.is_not(None),
+                        func.left(SigninAttempt.code_verifier_enc, len(primary)) != primary,
                     )
                     .with_for_update(skip_locked=True)
                 )
