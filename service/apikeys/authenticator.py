@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import ARRAY, LargeBinary, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.apikeys.keys import ADMIN, hash_key, scopes_allow
+from service.apikeys.keys import ADMIN, Scope, granted_scopes, hash_key
 from service.db.engine import read_all
 from service.hotcache import HotCache
 from service.metrics import HOT_CACHE_READS
@@ -30,10 +30,10 @@ class Principal:
 
     client_id: uuid.UUID | None
     name: str
-    scopes: frozenset[str]
+    scopes: frozenset[str]  # as granted: implied ones included (see granted_scopes)
 
-    def allows(self, scope: str) -> bool:
-        return scopes_allow(self.scopes, scope)
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes
 
 
 # Built once: constructing a statement per call costs more than running it.
@@ -54,7 +54,9 @@ class ApiKeyAuthenticator:
     ) -> None:
         self._reader = reader
         self._admin_hash = hash_key(admin_key) if admin_key else None
-        self._admin = Principal(client_id=None, name="bootstrap-admin", scopes=frozenset({ADMIN}))
+        self._admin = Principal(
+            client_id=None, name="bootstrap-admin", scopes=granted_scopes({ADMIN})
+        )
         self._cache: HotCache[bytes, Principal] = HotCache(
             seconds=cache_seconds, max_entries=cache_entries
         )
@@ -87,7 +89,9 @@ class ApiKeyAuthenticator:
         # Matched by the SHA-256 of a 256-bit random key: how long a comparison
         # of two such hashes takes tells an attacker nothing about a key.
         return {
-            bytes(key_hash): Principal(client_id=client_id, name=name, scopes=frozenset(scopes))
+            bytes(key_hash): Principal(
+                client_id=client_id, name=name, scopes=granted_scopes(scopes)
+            )
             for key_hash, client_id, name, scopes in await read_all(
                 self._reader, _LOOKUP, {"hashes": digests}
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Collection
+from collections.abc import Iterable
 from typing import Literal, get_args
 
 KEY_PREFIX = "wtb_"
@@ -18,9 +18,10 @@ SCOPES: tuple[Scope, ...] = get_args(Scope)
 ADMIN: Scope = "admin"
 
 
-def scopes_allow(held: Collection[str], scope: str) -> bool:
-    """Whether a key holding ``held`` may act under ``scope`` (admin may do everything)."""
-    return ADMIN in held or scope in held
+def granted_scopes(held: Iterable[str]) -> frozenset[str]:
+    """Every scope a key holding ``held`` may act under: admin implies all the others."""
+    granted = frozenset(held)
+    return granted | frozenset(SCOPES) if ADMIN in granted else granted
 
 
 def new_api_key() -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -34,7 +34,7 @@ _ID_LENGTH = 36  # the canonical form; anything else goes the long way
 _QUERY = re.compile(rb"min_ttl=(\d{1,5})")
 _DEFAULT_MIN_TTL = 60  # as the route declares it
 _MAX_MIN_TTL = 86_400
-_SCOPE = "tokens:read"
+_SCOPE: Final = "tokens:read"
 _TEMPLATE = "/v1/connections/{connection_id}/token"  # the route's, for the access log
 _OK = TOKEN_REQUESTS.labels(kind="token", outcome="ok")
 
