@@ -7,11 +7,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from service.config import ConfigError, Settings, load_database_url, load_settings
 from service.connections.stored_keys import missing_keys_problem
 from service.db.migrations import migrate
 from service.logs import configure_logging
+
+if TYPE_CHECKING:
+    from service.apikeys.clients import ClientCreate
 
 
 def _cmd_serve(args: argparse.Namespace) -> None:
@@ -62,15 +66,13 @@ def _cmd_dev(args: argparse.Namespace) -> None:
     asyncio.run(run_dev(host=args.host, port=args.port, emulator_port=args.emulator_port))
 
 
-async def _create_client(name: str, scopes: list[str]) -> str:
+async def _create_client(spec: ClientCreate) -> str:
+    from service.apikeys.clients import create_client
     from service.db.engine import make_engine, make_session_factory
-    from service.web.routes.clients import create_client
 
     engine = make_engine(load_database_url(), pool_size=1)
     try:
-        created = await create_client(
-            make_session_factory(engine), name=name, scopes=scopes, created_by=None
-        )
+        created = await create_client(make_session_factory(engine), spec, created_by=None)
     finally:
         await engine.dispose()
     return created.api_key
@@ -79,16 +81,16 @@ async def _create_client(name: str, scopes: list[str]) -> str:
 def _cmd_clients_create(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
-    from service.web.schemas import ClientCreate
+    from service.apikeys.clients import ClientCreate
 
     try:
-        body = ClientCreate(name=args.name, scopes=args.scope)
+        spec = ClientCreate(name=args.name, scopes=args.scope)
     except ValidationError as exc:
         raise ConfigError(
             [f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()]
         ) from None
-    key = asyncio.run(_create_client(body.name, list(body.scopes)))
-    print(f"created API client {body.name!r} with scopes {', '.join(body.scopes)}")
+    key = asyncio.run(_create_client(spec))
+    print(f"created API client {spec.name!r} with scopes {', '.join(spec.scopes)}")
     print("its key (shown this once, store it now):")
     print(key)
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from service.apikeys.clients import ClientCreate
 from service.config import Settings
 from service.runtime import open_runtime
 from service.web.access_log import AccessLogMiddleware
@@ -15,7 +16,7 @@ from service.web.fastpath import TokenFastPath
 from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
 from service.web.routes import clients, connect_sessions, connections, oauth, ops, status
-from service.web.schemas import ClientCreate, ConnectSessionCreate
+from service.web.schemas import ConnectSessionCreate
 from service.workers.running import Workers, start_workers
 
 DESCRIPTION = """\

@@ -44,10 +44,10 @@ def _persistent_key(path: Path) -> str:
 
 
 async def run_dev(*, host: str, port: int, emulator_port: int) -> None:
+    from service.apikeys.clients import ClientCreate, create_client
     from service.app import create_app
     from service.db.engine import make_engine, make_session_factory
     from service.db.migrations import migrate
-    from service.web.routes.clients import create_client
 
     given_url = os.environ.get("BROKER_DATABASE_URL")
     pg_server = None
@@ -74,8 +74,7 @@ async def run_dev(*, host: str, port: int, emulator_port: int) -> None:
     try:
         demo = await create_client(
             make_session_factory(engine),
-            name="dev-demo",
-            scopes=["admin"],
+            ClientCreate(name="dev-demo", scopes=["admin"]),
             created_by=None,
         )
     finally:

@@ -1,33 +1,27 @@
-"""API keys and scopes for the internal API.
+"""Who is calling: an API key's client and scopes, from a cache kept fresh.
 
-Keys are ``wtb_`` + 43 URL-safe characters (256 random bits); only their
-SHA-256 is stored. A lookup result is kept in a ``HotCache`` (see
-service.hotcache): served for less than one second after its row was read,
-kept warm by a background revalidation, so a hot token endpoint pays no query
-per call while a revoked key still stops working within one second on every
-replica. Unknown keys are cached too, so a caller retrying a bad key does not
-reach the database each time; the cache is an LRU bounded by
-``BROKER_HOT_CACHE_MAX_ENTRIES``.
+Keys are looked up by their SHA-256 (see service.apikeys.keys). A lookup
+result is kept in a ``HotCache`` (see service.hotcache): served for less than
+one second after its row was read, kept warm by a background revalidation, so
+a hot token endpoint pays no query per call while a revoked key still stops
+working within one second on every replica. Unknown keys are cached too, so a
+caller retrying a bad key does not reach the database each time; the cache is
+an LRU bounded by ``BROKER_HOT_CACHE_MAX_ENTRIES``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import ARRAY, LargeBinary, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.apikeys.keys import ADMIN, Scope, granted_scopes, hash_key
 from service.db.engine import read_all
 from service.hotcache import HotCache
 from service.metrics import HOT_CACHE_READS
-
-KEY_PREFIX = "wtb_"
-SCOPES = ("tokens:read", "connections:read", "connections:write", "admin")
-ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,23 +30,10 @@ class Principal:
 
     client_id: uuid.UUID | None
     name: str
-    scopes: frozenset[str]
+    scopes: frozenset[str]  # as granted: implied ones included (see granted_scopes)
 
-    def allows(self, scope: str) -> bool:
-        return ADMIN in self.scopes or scope in self.scopes
-
-
-def new_api_key() -> str:
-    return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def key_hint(key: str) -> str:
-    """A short, non-secret label an operator can match against (prefix + 4 chars)."""
-    return key[: len(KEY_PREFIX) + 4]
+    def allows(self, scope: Scope) -> bool:
+        return scope in self.scopes
 
 
 # Built once: constructing a statement per call costs more than running it.
@@ -73,7 +54,9 @@ class ApiKeyAuthenticator:
     ) -> None:
         self._reader = reader
         self._admin_hash = hash_key(admin_key) if admin_key else None
-        self._admin = Principal(client_id=None, name="bootstrap-admin", scopes=frozenset({ADMIN}))
+        self._admin = Principal(
+            client_id=None, name="bootstrap-admin", scopes=granted_scopes({ADMIN})
+        )
         self._cache: HotCache[bytes, Principal] = HotCache(
             seconds=cache_seconds, max_entries=cache_entries
         )
@@ -106,7 +89,9 @@ class ApiKeyAuthenticator:
         # Matched by the SHA-256 of a 256-bit random key: how long a comparison
         # of two such hashes takes tells an attacker nothing about a key.
         return {
-            bytes(key_hash): Principal(client_id=client_id, name=name, scopes=frozenset(scopes))
+            bytes(key_hash): Principal(
+                client_id=client_id, name=name, scopes=granted_scopes(scopes)
+            )
             for key_hash, client_id, name, scopes in await read_all(
                 self._reader, _LOOKUP, {"hashes": digests}
             )

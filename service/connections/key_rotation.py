@@ -9,7 +9,7 @@ from sqlalchemy import func, or_, select
 
 from service.crypto import TokenCipher, row_aad
 from service.db.engine import SessionFactory
-from service.db.models import Authorization, Connection
+from service.db.models import Connection, SigninAttempt
 from service.tokens.sealing import ACCESS, REFRESH, TokenSealer
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
@@ -84,10 +84,10 @@ async def _reencrypt_verifiers(sessions: SessionFactory, cipher: TokenCipher, pr
     async with sessions() as db, db.begin():
         attempts = (
             await db.scalars(
-                select(Authorization)
+                select(SigninAttempt)
                 .where(
-                    Authorization.code_verifier_enc.is_not(None),
-                    func.left(Authorization.code_verifier_enc, len(primary)) != primary,
+                    SigninAttempt.code_verifier_enc.is_not(None),
+                    func.left(SigninAttempt.code_verifier_enc, len(primary)) != primary,
                 )
                 .with_for_update(skip_locked=True)
             )

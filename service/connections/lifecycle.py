@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.clock import now_utc
 from service.connections import outbox
 from service.connections.events import record_connection_event, record_event
-from service.db.models import STATUS_ACTIVE, Connection, ConnectSession
+from service.db.models import STATUS_ACTIVE, Connection, ConnectLink
 from service.signin.links import ConnectLinkSpent
 from service.tokens.issued import ConnectionNotFound
 from service.tokens.parts import TokenParts
@@ -155,14 +155,14 @@ class ConnectionLifecycle:
 
 async def _spend_connect_link(db: AsyncSession, connect_session_id: uuid.UUID) -> None:
     spent = await db.scalar(
-        update(ConnectSession)
+        update(ConnectLink)
         .where(
-            ConnectSession.id == connect_session_id,
-            ConnectSession.used_at.is_(None),
-            ConnectSession.expires_at > now_utc(),
+            ConnectLink.id == connect_session_id,
+            ConnectLink.used_at.is_(None),
+            ConnectLink.expires_at > now_utc(),
         )
         .values(used_at=now_utc())
-        .returning(ConnectSession.id)
+        .returning(ConnectLink.id)
     )
     if spent is None:
         raise ConnectLinkSpent

@@ -93,8 +93,8 @@ class ApiClient(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Authorization(Base):
-    """A pending browser authorization attempt (the OAuth ``state``)."""
+class SigninAttempt(Base):
+    """A sign-in attempt: a pending browser authorization (the OAuth ``state``)."""
 
     __tablename__ = "authorizations"
     __table_args__ = (Index("ix_authorizations_expires_at", "expires_at"),)
@@ -111,7 +111,7 @@ class Authorization(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ConnectSession(Base):
+class ConnectLink(Base):
     """A one-time connect link made by an internal service for one person."""
 
     __tablename__ = "connect_sessions"

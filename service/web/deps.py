@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ValidationError
 
 from service.apikeys.authenticator import Principal
+from service.apikeys.keys import Scope
 from service.logs import note_client
 from service.runtime import Runtime
 from service.web.problems import ProblemError
@@ -44,7 +45,7 @@ async def get_principal(
     return principal
 
 
-def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
+def require_scope(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.allows(scope):
             raise ProblemError(403, "forbidden", f"this API key lacks the {scope} scope")

@@ -7,7 +7,9 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.apikeys.keys import Scope
 
 if TYPE_CHECKING:
     from service.tokens.issued import IssuedToken
@@ -15,10 +17,7 @@ if TYPE_CHECKING:
 # Text that reaches PostgreSQL must not carry NUL (it cannot store it) nor other
 # control characters (they only ever come from a mistake or an attack).
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
-# The same, and at least one character that is not white space.
-NOT_BLANK_NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s][^\x00-\x1f\x7f]*$"
 
-Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
 ConnectionStatus = Literal["active", "needs_reauth"]
 
 
@@ -71,35 +70,6 @@ class ConnectionOut(BaseModel):
         default=None, description="What kind of failure the last refresh was, if it failed."
     )
     created_at: datetime
-
-
-class ClientCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # The pattern says in the schema what the validator below enforces.
-    name: str = Field(
-        min_length=1,
-        max_length=100,
-        pattern=NOT_BLANK_NO_CONTROL_CHARS,
-        examples=["reporting-service"],
-    )
-    scopes: list[Scope] = Field(min_length=1, max_length=4, examples=[["tokens:read"]])
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("must not be blank")
-        if any(ord(ch) < 32 for ch in value):
-            raise ValueError("must not contain control characters")
-        return value
-
-    @field_validator("scopes")
-    @classmethod
-    def _scopes(cls, value: list[Scope]) -> list[Scope]:
-        # Duplicates dropped, the caller's order kept: the answer echoes the request.
-        return list(dict.fromkeys(value))
 
 
 class ClientOut(BaseModel):

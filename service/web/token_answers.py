@@ -5,6 +5,7 @@ outcomes mapped to the answer, the metrics, and the read's parameters."""
 from __future__ import annotations
 
 import uuid
+from typing import Final
 
 from fastapi import Response
 
@@ -21,7 +22,7 @@ from service.web.problems import ProblemError
 from service.web.schemas import token_json
 
 TOKEN_PATH = "/v1/connections/{connection_id}/token"
-TOKENS_SCOPE = "tokens:read"
+TOKENS_SCOPE: Final = "tokens:read"
 # min_ttl's default and bound, as the route declares them (and the fast path reads them).
 MIN_TTL_DEFAULT = 60
 MIN_TTL_MAX = 86_400

@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import func, select
 
 from service.clock import now_utc
-from service.db.models import STATUS_ACTIVE, STATUS_NEEDS_REAUTH, Connection, ConnectSession
+from service.db.models import STATUS_ACTIVE, STATUS_NEEDS_REAUTH, Connection, ConnectLink
 from service.runtime import Runtime
 from service.web.deps import RuntimeDep
 from service.web.pages import not_found, render
@@ -104,8 +104,8 @@ async def status_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
         )
         pending_links = await db.scalar(
             select(func.count())
-            .select_from(ConnectSession)
-            .where(ConnectSession.used_at.is_(None), ConnectSession.expires_at > now)
+            .select_from(ConnectLink)
+            .where(ConnectLink.used_at.is_(None), ConnectLink.expires_at > now)
         )
         soonest = (
             await db.execute(

@@ -1,0 +1,121 @@
+"""Finishing a sign-in: what the callback does once Workfront sends the browser back.
+
+In order: consume the sign-in attempt (single use, this browser's), check
+what Workfront reported and that the callback came from the configured
+instance, check the attempt's connect link once more, exchange the code and
+look up the user, then store the connection (which spends the link). Every
+refusal is a CallbackFailure (see service.signin.failures) and stores
+nothing. The code and the client secret only ever go to the configured
+instance, never to a host derived from the callback's ``domain``/``lane``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from service.signin.attempts import code_verifier, consume_attempt
+from service.signin.failures import CallbackFailure, refusal
+from service.signin.links import ConnectLinkSpent, recheck_connect_link
+from service.workfront import (
+    ClientCredentialsRejected,
+    GrantRevokedError,
+    SessionRejectedError,
+    TokenSet,
+    TransientError,
+    WorkfrontError,
+    WorkfrontUser,
+)
+
+if TYPE_CHECKING:
+    from service.db.models import SigninAttempt
+    from service.runtime import Runtime
+
+log = logging.getLogger("service.routes.oauth")  # pinned: operators filter on it
+
+
+@dataclass(frozen=True)
+class Connected:
+    connection_id: uuid.UUID
+    created: bool  # False: an existing connection was re-authorized
+    return_url: str | None  # the connect link's, when the attempt came from one
+
+
+async def finish_signin(
+    runtime: Runtime,
+    *,
+    browser: str | None,
+    code: str | None,
+    state: str | None,
+    domain: str | None,
+    lane: str | None,
+    error: str | None,
+) -> Connected:
+    """Connect the user a callback names; ``browser`` is the attempt cookie's value."""
+    attempt = await consume_attempt(
+        runtime.sessions,
+        state=state,
+        browser=browser,
+        require_state=runtime.settings.require_state,
+    )
+    try:
+        return await _connect(runtime, attempt, code=code, domain=domain, lane=lane, error=error)
+    except CallbackFailure as failure:
+        failure.attempt_known = True
+        failure.link_id = attempt.connect_session_id
+        raise
+
+
+async def _connect(
+    runtime: Runtime,
+    attempt: SigninAttempt,
+    *,
+    code: str | None,
+    domain: str | None,
+    lane: str | None,
+    error: str | None,
+) -> Connected:
+    settings = runtime.settings
+    if error is not None:
+        raise refusal("access_denied" if error == "access_denied" else "workfront_error")
+    if not code:
+        raise refusal("no_code")
+    expected = settings.expected_domain_lane()
+    if expected is not None and (domain, lane) != expected:
+        raise refusal("wrong_instance", instance=settings.instance_host)
+    link = None
+    if attempt.connect_session_id is not None:
+        link = await recheck_connect_link(runtime.sessions, attempt.connect_session_id)
+    tokens, user = await _exchange(runtime, attempt, code)
+    try:
+        connection_id, created = await runtime.connections.store_connection(
+            user=user,
+            tokens=tokens,
+            external_ref=link.external_ref if link else None,
+            connect_session_id=link.id if link else None,
+        )
+    except ConnectLinkSpent:
+        raise refusal("link_spent") from None
+    return Connected(connection_id, created, link.return_url if link else None)
+
+
+async def _exchange(
+    runtime: Runtime, attempt: SigninAttempt, code: str
+) -> tuple[TokenSet, WorkfrontUser]:
+    """The code's tokens, and whom they belong to."""
+    workfront = runtime.workfront
+    try:
+        tokens = await workfront.exchange_code(
+            code, code_verifier=code_verifier(runtime.cipher, attempt)
+        )
+        user = await workfront.get_user(tokens.access_token)
+    except ClientCredentialsRejected:
+        raise refusal("credentials_rejected") from None
+    except GrantRevokedError:
+        raise refusal("code_refused") from None
+    except (TransientError, SessionRejectedError, WorkfrontError) as exc:
+        log.warning("callback: Workfront failed: %s", exc.detail)
+        raise refusal("workfront_unreachable") from None
+    return tokens, user
