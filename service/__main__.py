@@ -68,11 +68,11 @@ def _cmd_dev(args: argparse.Namespace) -> None:
 
 async def _create_client(spec: ClientCreate) -> str:
     from service.apikeys.clients import create_client
-    from service.db.engine import make_engine, make_session_factory
+    from service.db.engine import make_database, make_engine
 
     engine = make_engine(load_database_url(), pool_size=1)
     try:
-        created = await create_client(make_session_factory(engine), spec, created_by=None)
+        created = await create_client(make_database(engine), spec, created_by=None)
     finally:
         await engine.dispose()
     return created.api_key
@@ -102,7 +102,7 @@ async def _rotate_keys(batch_size: int) -> tuple[int, str]:
     settings = load_settings(require_database=True)
     async with open_runtime(settings) as runtime:
         try:
-            changed = await reencrypt_all(runtime.sessions, runtime.cipher, batch_size=batch_size)
+            changed = await reencrypt_all(runtime.database, runtime.cipher, batch_size=batch_size)
         except RotationStuck as stuck:
             raise ConfigError(
                 [

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import os
 import re
 from collections.abc import Sequence
@@ -137,3 +138,9 @@ class TokenCipher:
         except InvalidTag:
             raise DecryptionError("authentication tag does not verify") from None
         return plain.decode()
+
+
+def lookup_digest(value: str) -> bytes:
+    """SHA-256 of a high-entropy secret the broker finds rows by (API keys,
+    connect-link tokens, sign-in states): stored instead of the value."""
+    return hashlib.sha256(value.encode()).digest()

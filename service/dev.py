@@ -46,7 +46,7 @@ def _persistent_key(path: Path) -> str:
 async def run_dev(*, host: str, port: int, emulator_port: int) -> None:
     from service.apikeys.clients import ClientCreate, create_client
     from service.app import create_app
-    from service.db.engine import make_engine, make_session_factory
+    from service.db.engine import make_database, make_engine
     from service.db.migrations import migrate
 
     given_url = os.environ.get("BROKER_DATABASE_URL")
@@ -73,7 +73,7 @@ async def run_dev(*, host: str, port: int, emulator_port: int) -> None:
     engine = make_engine(database_url, pool_size=1)
     try:
         demo = await create_client(
-            make_session_factory(engine),
+            make_database(engine),
             ClientCreate(name="dev-demo", scopes=["admin"]),
             created_by=None,
         )

@@ -14,7 +14,7 @@ from service.config import Settings, require_database_url
 from service.connections.lifecycle import ConnectionLifecycle
 from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
-from service.db.engine import SessionFactory, autocommit, make_engine, make_session_factory
+from service.db.engine import Database, autocommit, make_database, make_engine
 from service.db.migrations import alembic_head
 from service.tokens.issuer import TokenIssuer
 from service.tokens.parts import TokenParts
@@ -26,7 +26,7 @@ from service.workfront import WorkfrontClient
 class Runtime:
     settings: Settings
     engine: AsyncEngine
-    sessions: SessionFactory
+    database: Database
     cipher: TokenCipher
     http: httpx.AsyncClient
     workfront: WorkfrontClient
@@ -44,7 +44,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every resource; close them in reverse order."""
     engine = make_engine(require_database_url(settings), pool_size=settings.db_pool_size)
     try:
-        sessions = make_session_factory(engine)
+        database = make_database(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
         async with (
             make_webhook_client(settings) as http,
@@ -53,12 +53,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             admin = settings.admin_api_key
             reader = autocommit(engine)
             parts = TokenParts.build(
-                settings, reader=reader, sessions=sessions, cipher=cipher, workfront=workfront
+                settings, reader=reader, database=database, cipher=cipher, workfront=workfront
             )
             yield Runtime(
                 settings=settings,
                 engine=engine,
-                sessions=sessions,
+                database=database,
                 cipher=cipher,
                 http=http,
                 workfront=workfront,

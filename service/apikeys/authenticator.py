@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import ARRAY, LargeBinary, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.apikeys.keys import ADMIN, Scope, granted_scopes, hash_key
+from service.apikeys.keys import ADMIN, Scope, granted_scopes
+from service.crypto import lookup_digest
 from service.db.engine import read_all
 from service.hotcache import HotCache
 from service.metrics import HOT_CACHE_READS
@@ -53,7 +54,7 @@ class ApiKeyAuthenticator:
         cache_entries: int,
     ) -> None:
         self._reader = reader
-        self._admin_hash = hash_key(admin_key) if admin_key else None
+        self._admin_hash = lookup_digest(admin_key) if admin_key else None
         self._admin = Principal(
             client_id=None, name="bootstrap-admin", scopes=granted_scopes({ADMIN})
         )
@@ -63,14 +64,14 @@ class ApiKeyAuthenticator:
 
     def cached(self, key: str) -> Principal | None:
         """The caller, when memory knows the key as valid; None: ask ``authenticate``."""
-        digest = hash_key(key)
+        digest = lookup_digest(key)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return self._admin
         principal = self._cache.get(digest)
         return None if principal is None or principal is _UNKNOWN else principal
 
     async def authenticate(self, key: str) -> Principal | None:
-        digest = hash_key(key)
+        digest = lookup_digest(key)
         if self._admin_hash is not None and hmac.compare_digest(digest, self._admin_hash):
             return self._admin
         principal = self._cache.get(digest)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
 
-from service.apikeys.keys import SCOPES, Scope, hash_key, key_hint, new_api_key
+from service.apikeys.keys import SCOPES, Scope, key_hint, new_api_key
 from service.clock import now_utc
-from service.connections.events import record_event
-from service.db.engine import SessionFactory
+from service.crypto import lookup_digest
+from service.db.audit import record_event
+from service.db.engine import Database
 from service.db.models import ApiClient
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class CreatedClient:
     id: uuid.UUID
     name: str
     scopes: list[Scope]
-    api_key: str  # the only time it exists in plain text
+    api_key: str = field(repr=False)  # the only time it exists in plain text
 
 
 class UnknownClient(Exception):
@@ -68,23 +69,23 @@ class UnknownClient(Exception):
 
 
 async def create_client(
-    sessions: SessionFactory, spec: ClientCreate, *, created_by: uuid.UUID | None
+    database: Database, spec: ClientCreate, *, created_by: uuid.UUID | None
 ) -> CreatedClient:
     """Store a new client and return its key."""
     key = new_api_key()
     client_id = uuid.uuid4()
-    async with sessions() as session, session.begin():
-        session.add(
+    async with database() as db, db.begin():
+        db.add(
             ApiClient(
                 id=client_id,
                 name=spec.name,
-                key_hash=hash_key(key),
+                key_hash=lookup_digest(key),
                 key_hint=key_hint(key),
                 scopes=spec.scopes,
             )
         )
         await record_event(
-            session,
+            db,
             "client.created",
             client_id=created_by,
             new_client_id=str(client_id),
@@ -94,22 +95,22 @@ async def create_client(
     return CreatedClient(id=client_id, name=spec.name, scopes=spec.scopes, api_key=key)
 
 
-async def list_clients(sessions: SessionFactory) -> Sequence[ApiClient]:
+async def list_clients(database: Database) -> Sequence[ApiClient]:
     """Every client, revoked ones too, oldest first."""
-    async with sessions() as session:
-        return (await session.scalars(select(ApiClient).order_by(ApiClient.created_at))).all()
+    async with database() as db:
+        return (await db.scalars(select(ApiClient).order_by(ApiClient.created_at))).all()
 
 
 async def revoke_client(
-    sessions: SessionFactory,
+    database: Database,
     authenticator: ApiKeyAuthenticator,
     client_id: uuid.UUID,
     *,
     revoked_by: uuid.UUID | None,
 ) -> None:
     """Revoke a client: its key stops working at once here, within a second elsewhere."""
-    async with sessions() as session, session.begin():
-        revoked = await session.scalar(
+    async with database() as db, db.begin():
+        revoked = await db.scalar(
             update(ApiClient)
             .where(ApiClient.id == client_id, ApiClient.revoked_at.is_(None))
             .values(revoked_at=now_utc())
@@ -118,7 +119,7 @@ async def revoke_client(
         if revoked is None:
             raise UnknownClient
         await record_event(
-            session,
+            db,
             "client.revoked",
             client_id=revoked_by,
             revoked_client_id=str(client_id),

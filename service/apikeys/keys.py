@@ -7,7 +7,6 @@ every other scope.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Iterable
 from typing import Literal, get_args
@@ -26,10 +25,6 @@ def granted_scopes(held: Iterable[str]) -> frozenset[str]:
 
 def new_api_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_key(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
 
 
 def key_hint(key: str) -> str:

@@ -1,5 +1,5 @@
-"""The audit trail (one row per change to a connection or an API client) and
-lifecycle events, which also go to the webhook outbox."""
+"""A connection's lifecycle events: into the audit trail and the webhook
+outbox, in the caller's transaction."""
 
 from __future__ import annotations
 
@@ -10,20 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import now_utc
 from service.config import Settings
-from service.connections import outbox
-from service.db.models import Event
-
-
-async def record_event(
-    db: AsyncSession,
-    kind: str,
-    *,
-    connection_id: uuid.UUID | None = None,
-    client_id: uuid.UUID | None = None,
-    **detail: Any,
-) -> None:
-    """Append to the audit trail inside the caller's transaction. Never pass a token."""
-    db.add(Event(kind=kind, connection_id=connection_id, client_id=client_id, detail=detail))
+from service.db import outbox
+from service.db.audit import record_event
 
 
 async def record_connection_event(

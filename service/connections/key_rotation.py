@@ -8,7 +8,7 @@ import logging
 from sqlalchemy import func, or_, select
 
 from service.crypto import TokenCipher, row_aad
-from service.db.engine import SessionFactory
+from service.db.engine import Database
 from service.db.models import Connection, SigninAttempt
 from service.tokens.sealing import ACCESS, REFRESH, TokenSealer
 
@@ -24,7 +24,7 @@ class RotationStuck(Exception):
 
 
 async def reencrypt_all(
-    sessions: SessionFactory,
+    database: Database,
     cipher: TokenCipher,
     *,
     batch_size: int = 500,
@@ -49,7 +49,7 @@ async def reencrypt_all(
     changed = 0
     stuck_since: float | None = None
     while True:
-        async with sessions() as db, db.begin():
+        async with database() as db, db.begin():
             rows = (
                 await db.scalars(
                     select(Connection)
@@ -67,7 +67,7 @@ async def reencrypt_all(
             stuck_since = None
             log.info("keys rotate: %d connection(s) re-encrypted so far", changed)
             continue
-        async with sessions() as db:
+        async with database() as db:
             left = await db.scalar(select(func.count()).select_from(Connection).where(stale))
         if not left:
             break
@@ -75,13 +75,13 @@ async def reencrypt_all(
         if loop.time() - stuck_since > stuck_after_seconds:
             raise RotationStuck(left)
         await asyncio.sleep(0.2)  # rows held by refreshes in progress
-    await _reencrypt_verifiers(sessions, cipher, primary)
+    await _reencrypt_verifiers(database, cipher, primary)
     return changed
 
 
-async def _reencrypt_verifiers(sessions: SessionFactory, cipher: TokenCipher, primary: str) -> None:
+async def _reencrypt_verifiers(database: Database, cipher: TokenCipher, primary: str) -> None:
     """PKCE verifiers of sign-ins in progress (short-lived, few)."""
-    async with sessions() as db, db.begin():
+    async with database() as db, db.begin():
         attempts = (
             await db.scalars(
                 select(SigninAttempt)

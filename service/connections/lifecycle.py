@@ -17,8 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import now_utc
-from service.connections import outbox
-from service.connections.events import record_connection_event, record_event
+from service.connections.events import record_connection_event
+from service.db import outbox
+from service.db.audit import record_event
 from service.db.models import STATUS_ACTIVE, Connection, ConnectLink
 from service.signin.links import ConnectLinkSpent
 from service.tokens.issued import ConnectionNotFound
@@ -48,7 +49,7 @@ class ConnectionLifecycle:
         instance = self._parts.settings.instance_host
         for _attempt in range(2):
             try:
-                async with self._parts.sessions() as db, db.begin():
+                async with self._parts.database() as db, db.begin():
                     if connect_session_id is not None:
                         await _spend_connect_link(db, connect_session_id)
                     row = await db.scalar(
@@ -117,7 +118,7 @@ class ConnectionLifecycle:
         self, connection_id: uuid.UUID, *, client_id: uuid.UUID | None
     ) -> None:
         """Delete the row (the tokens go with it), then try Workfront's logout."""
-        async with self._parts.sessions() as db, db.begin():
+        async with self._parts.database() as db, db.begin():
             row = await db.scalar(
                 select(Connection).where(Connection.id == connection_id).with_for_update()
             )

@@ -13,7 +13,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.sql.base import Executable
 
-SessionFactory = async_sessionmaker[AsyncSession]
+# Opens a database transaction scope (SQLAlchemy's AsyncSession, named ``db``
+# in code: "session" means the Workfront session only).
+Database = async_sessionmaker[AsyncSession]
 
 
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -60,7 +62,7 @@ def autocommit(engine: AsyncEngine) -> AsyncEngine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
-def make_session_factory(engine: AsyncEngine) -> SessionFactory:
+def make_database(engine: AsyncEngine) -> Database:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 

@@ -8,20 +8,19 @@ stored sealed with the cipher, bound to the attempt's row.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
 
 from service.clock import now_utc
-from service.crypto import TokenCipher, row_aad
-from service.db.engine import SessionFactory
+from service.crypto import TokenCipher, lookup_digest, row_aad
+from service.db.engine import Database
 from service.db.models import SigninAttempt
 from service.signin.failures import refusal
 from service.workfront import pkce_challenge
@@ -31,10 +30,6 @@ if TYPE_CHECKING:
 
 ATTEMPT_TTL = timedelta(minutes=10)
 _BROWSER_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")  # secrets.token_urlsafe(32)
-
-
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode()).digest()
 
 
 def _verifier_aad(attempt_id: uuid.UUID) -> bytes:
@@ -55,8 +50,9 @@ def _browser_secret(cookie: str | None) -> str:
 
 @dataclass(frozen=True)
 class StartedAttempt:
-    browser: str  # the binding secret, for the browser's cookie
-    authorize_url: str  # Workfront's authorize page, with this attempt's state
+    browser: str = field(repr=False)  # the binding secret, for the browser's cookie
+    # Workfront's authorize page, with this attempt's state.
+    authorize_url: str = field(repr=False)
 
 
 async def start_attempt(
@@ -69,16 +65,16 @@ async def start_attempt(
     attempt_id = uuid.uuid4()
     verifier = secrets.token_urlsafe(48) if runtime.settings.pkce else None
     now = now_utc()
-    async with runtime.sessions() as session, session.begin():
+    async with runtime.database() as db, db.begin():
         # Opportunistic clean-up keeps the table small without a separate job.
-        await session.execute(
+        await db.execute(
             delete(SigninAttempt).where(SigninAttempt.expires_at < now - timedelta(days=1))
         )
-        session.add(
+        db.add(
             SigninAttempt(
                 id=attempt_id,
-                state_hash=_digest(state),
-                browser_hash=_digest(browser),
+                state_hash=lookup_digest(state),
+                browser_hash=lookup_digest(browser),
                 code_verifier_enc=(
                     runtime.cipher.encrypt(verifier, aad=_verifier_aad(attempt_id))
                     if verifier
@@ -102,7 +98,7 @@ def code_verifier(cipher: TokenCipher, attempt: SigninAttempt) -> str | None:
 
 
 async def consume_attempt(
-    sessions: SessionFactory, *, state: str | None, browser: str | None, require_state: bool
+    database: Database, *, state: str | None, browser: str | None, require_state: bool
 ) -> SigninAttempt:
     """Find the attempt for this state and browser, and mark it used (single use).
 
@@ -112,11 +108,11 @@ async def consume_attempt(
     for an instance shown not to echo state).
     """
     now = now_utc()
-    async with sessions() as session, session.begin():
+    async with database() as db, db.begin():
         if state:
-            attempt = await session.scalar(
+            attempt = await db.scalar(
                 select(SigninAttempt)
-                .where(SigninAttempt.state_hash == _digest(state))
+                .where(SigninAttempt.state_hash == lookup_digest(state))
                 .with_for_update()
             )
             if attempt is None:
@@ -126,10 +122,10 @@ async def consume_attempt(
         else:
             if not browser:
                 raise refusal("no_attempt")
-            attempt = await session.scalar(
+            attempt = await db.scalar(
                 select(SigninAttempt)
                 .where(
-                    SigninAttempt.browser_hash == _digest(browser),
+                    SigninAttempt.browser_hash == lookup_digest(browser),
                     SigninAttempt.used_at.is_(None),
                 )
                 .order_by(SigninAttempt.created_at.desc())
@@ -142,9 +138,9 @@ async def consume_attempt(
             raise refusal("state_used")
         if attempt.expires_at <= now:
             raise refusal("state_expired")
-        if not browser or not hmac.compare_digest(_digest(browser), attempt.browser_hash):
+        if not browser or not hmac.compare_digest(lookup_digest(browser), attempt.browser_hash):
             raise refusal("other_browser")
-        await session.execute(
+        await db.execute(
             update(SigninAttempt).where(SigninAttempt.id == attempt.id).values(used_at=now)
         )
     return attempt

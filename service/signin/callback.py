@@ -55,7 +55,7 @@ async def finish_signin(
 ) -> Connected:
     """Connect the user a callback names; ``browser`` is the attempt cookie's value."""
     attempt = await consume_attempt(
-        runtime.sessions,
+        runtime.database,
         state=state,
         browser=browser,
         require_state=runtime.settings.require_state,
@@ -87,7 +87,7 @@ async def _connect(
         raise refusal("wrong_instance", instance=settings.instance_host)
     link = None
     if attempt.connect_session_id is not None:
-        link = await recheck_connect_link(runtime.sessions, attempt.connect_session_id)
+        link = await recheck_connect_link(runtime.database, attempt.connect_session_id)
     tokens, user = await _exchange(runtime, attempt, code)
     try:
         connection_id, created = await runtime.connections.store_connection(

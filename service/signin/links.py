@@ -2,16 +2,15 @@
 
 Only the SHA-256 of a link's token is stored. A link is live until it is
 used (the callback that stores the connection spends it, see
-``Broker.store_connection``) or until it expires; an attempt it started
+``ConnectionLifecycle.store_connection``) or until it expires; an attempt it started
 keeps pointing at it, so the callback can check it once more.
 """
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
 from urllib.parse import urlsplit
@@ -19,12 +18,14 @@ from urllib.parse import urlsplit
 from sqlalchemy import delete, select
 
 from service.clock import now_utc
-from service.connections.events import record_event
-from service.db.engine import SessionFactory
+from service.crypto import lookup_digest
+from service.db.audit import record_event
+from service.db.engine import Database
 from service.db.models import ConnectLink
 from service.signin.failures import CallbackFailure, FailureCode, refusal
 
-# Tokens are 43 characters; a longer one is not looked up (nor hashed).
+# Longest query value a sign-in accepts: link tokens are 43 characters, codes
+# and states shorter than this; a longer value is not looked up (nor hashed).
 LONGEST_TOKEN = 2048
 
 
@@ -48,10 +49,6 @@ _REFUSALS: dict[LinkState, FailureCode] = {
     LinkState.USED: "link_used",
     LinkState.EXPIRED: "link_expired",
 }
-
-
-def connect_link_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
 
 
 def link_state(link: ConnectLink | None, *, now: datetime) -> LinkState:
@@ -82,12 +79,12 @@ def return_url_allowed(url: str, prefixes: list[str]) -> bool:
 @dataclass(frozen=True)
 class NewConnectLink:
     id: uuid.UUID
-    token: str  # the only time it exists in plain text
+    token: str = field(repr=False)  # the only time it exists in plain text
     expires_at: datetime
 
 
 async def create_connect_link(
-    sessions: SessionFactory,
+    database: Database,
     *,
     external_ref: str,
     return_url: str,
@@ -101,16 +98,16 @@ async def create_connect_link(
     token = secrets.token_urlsafe(32)
     link_id = uuid.uuid4()
     expires_at = now_utc() + ttl
-    async with sessions() as session, session.begin():
+    async with database() as db, db.begin():
         # Expired links (and, by cascade, their attempts) are removed as new
         # ones are made; no separate job needed.
-        await session.execute(
+        await db.execute(
             delete(ConnectLink).where(ConnectLink.expires_at < now_utc() - timedelta(days=1))
         )
-        session.add(
+        db.add(
             ConnectLink(
                 id=link_id,
-                token_hash=connect_link_digest(token),
+                token_hash=lookup_digest(token),
                 external_ref=external_ref,
                 return_url=return_url,
                 created_by=created_by,
@@ -118,7 +115,7 @@ async def create_connect_link(
             )
         )
         await record_event(
-            session,
+            db,
             "connect_session.created",
             client_id=created_by,
             connect_session_id=str(link_id),
@@ -126,12 +123,12 @@ async def create_connect_link(
     return NewConnectLink(id=link_id, token=token, expires_at=expires_at)
 
 
-async def find_connect_link(sessions: SessionFactory, token: str) -> ConnectLink | None:
+async def find_connect_link(database: Database, token: str) -> ConnectLink | None:
     if len(token) > LONGEST_TOKEN:
         return None
-    async with sessions() as db:
+    async with database() as db:
         found: ConnectLink | None = await db.scalar(
-            select(ConnectLink).where(ConnectLink.token_hash == connect_link_digest(token))
+            select(ConnectLink).where(ConnectLink.token_hash == lookup_digest(token))
         )
     return found
 
@@ -144,15 +141,15 @@ def refuse_unless_live(link: ConnectLink | None, *, now: datetime) -> ConnectLin
     return link
 
 
-async def live_connect_link(sessions: SessionFactory, token: str) -> ConnectLink:
+async def live_connect_link(database: Database, token: str) -> ConnectLink:
     """The live link for ``token``; raises CallbackFailure when unknown, used or expired."""
-    return refuse_unless_live(await find_connect_link(sessions, token), now=now_utc())
+    return refuse_unless_live(await find_connect_link(database, token), now=now_utc())
 
 
-async def recheck_connect_link(sessions: SessionFactory, link_id: uuid.UUID) -> ConnectLink:
+async def recheck_connect_link(database: Database, link_id: uuid.UUID) -> ConnectLink:
     """The link an attempt started from, checked again at the callback (before the
     code is exchanged, so a spent link never makes a grant)."""
-    async with sessions() as db:
+    async with database() as db:
         link = await db.get(ConnectLink, link_id)
     if link is None:  # there when the attempt started: to the person, it is used up
         raise refusal("link_used")
@@ -160,7 +157,7 @@ async def recheck_connect_link(sessions: SessionFactory, link_id: uuid.UUID) -> 
 
 
 async def link_of_failure(
-    sessions: SessionFactory, token: str | None, failure: CallbackFailure
+    database: Database, token: str | None, failure: CallbackFailure
 ) -> tuple[ConnectLink | None, str | None]:
     """The connect link a refused step belongs to, and its token if this browser has it.
 
@@ -168,11 +165,11 @@ async def link_of_failure(
     the address). Once the attempt is known, its own link wins: a cookie
     left by another flow must not decide where this one starts again.
     """
-    link = await find_connect_link(sessions, token) if token is not None else None
+    link = await find_connect_link(database, token) if token is not None else None
     if failure.attempt_known and (link is None or link.id != failure.link_id):
         token = None
         link = None
         if failure.link_id is not None:
-            async with sessions() as db:
+            async with database() as db:
                 link = await db.get(ConnectLink, failure.link_id)
     return link, token

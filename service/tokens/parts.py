@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.crypto import TokenCipher
-from service.db.engine import SessionFactory
+from service.db.engine import Database
 from service.tokens.reads import TokenReads
 from service.tokens.schedule import RefreshSchedule
 from service.tokens.sealing import TokenSealer
@@ -21,7 +21,7 @@ class TokenParts:
     settings: Settings
     # Autocommit: single-statement reads, and the refresh transaction (which opens its own).
     reader: AsyncEngine
-    sessions: SessionFactory
+    database: Database
     sealer: TokenSealer
     schedule: RefreshSchedule
     reads: TokenReads
@@ -33,7 +33,7 @@ class TokenParts:
         settings: Settings,
         *,
         reader: AsyncEngine,
-        sessions: SessionFactory,
+        database: Database,
         cipher: TokenCipher,
         workfront: WorkfrontClient,
     ) -> TokenParts:
@@ -41,7 +41,7 @@ class TokenParts:
         return cls(
             settings=settings,
             reader=reader,
-            sessions=sessions,
+            database=database,
             sealer=sealer,
             schedule=RefreshSchedule(settings),
             reads=TokenReads(settings=settings, reader=reader, sealer=sealer),

@@ -67,10 +67,6 @@ class TokenReads:
             return hit
         return None
 
-    async def shared_read(self, connection_id: uuid.UUID) -> Read:
-        """Concurrent callers of a connection not in memory share one read."""
-        return await self.cache.load(connection_id, lambda: self.read(connection_id))
-
     async def read(self, connection_id: uuid.UUID) -> Read:
         """The row as a session (cached when active), its status when not active, or None."""
         started, changes = self.cache.read_marker()

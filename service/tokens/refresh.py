@@ -22,7 +22,7 @@ import uuid
 from datetime import timedelta
 
 from service.clock import now_utc
-from service.connections import outbox
+from service.db import outbox
 from service.db.models import STATUS_ACTIVE
 from service.logs import CONNECTION_ID
 from service.metrics import REFRESHES

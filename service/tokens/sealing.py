@@ -38,10 +38,6 @@ class TokenSealer:
     def __init__(self, cipher: TokenCipher) -> None:
         self._cipher = cipher
 
-    @property
-    def primary_key_id(self) -> str:
-        return self._cipher.primary_key_id
-
     def seal(self, connection_id: uuid.UUID, column: str, value: str) -> str:
         return self._cipher.encrypt(value, aad=row_aad("connections", connection_id, column))
 

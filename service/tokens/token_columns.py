@@ -16,18 +16,27 @@ from service.tokens.schedule import RefreshSchedule
 from service.tokens.sealing import ACCESS, REFRESH, TokenSealer
 from service.workfront import TokenSet
 
-COLUMNS = (
+# The values a token set brings, in the driver's parameter order.
+FIELDS = (
     "access_token_enc",
     "refresh_token_enc",
     "expires_at",
     "next_refresh_at",
-    "last_refreshed_at",
-    "updated_at",
-    "refresh_failures",
-    "last_error",
-    "last_error_class",
+    "refreshed_at",
     "wid",
 )
+# Column -> the field it takes.
+_FROM_FIELD = {
+    "access_token_enc": "access_token_enc",
+    "refresh_token_enc": "refresh_token_enc",
+    "expires_at": "expires_at",
+    "next_refresh_at": "next_refresh_at",
+    "last_refreshed_at": "refreshed_at",
+    "updated_at": "refreshed_at",
+    "wid": "wid",
+}
+# A new token set clears the failure bookkeeping of earlier refreshes.
+_CLEARED: dict[str, Any] = {"refresh_failures": 0, "last_error": None, "last_error_class": None}
 # Columns a NULL does not overwrite: Workfront does not always say them again.
 _KEPT_WHEN_NULL = frozenset({"wid"})
 
@@ -45,24 +54,12 @@ class TokenColumns:
 
     def values(self) -> dict[str, Any]:
         """Column -> value; the token version moves on beside them (+1, or 1 for a new row)."""
-        return dict(zip(COLUMNS, self.arguments(), strict=True))
+        written = {column: getattr(self, name) for column, name in _FROM_FIELD.items()}
+        return {**written, **_CLEARED}
 
     def arguments(self) -> tuple[Any, ...]:
-        """The values in ``COLUMNS`` order (the driver's positional parameters)."""
-        # A new token set clears the failure bookkeeping of earlier refreshes.
-        failures, error, error_class = 0, None, None
-        return (
-            self.access_token_enc,
-            self.refresh_token_enc,
-            self.expires_at,
-            self.next_refresh_at,
-            self.refreshed_at,
-            self.refreshed_at,
-            failures,
-            error,
-            error_class,
-            self.wid,
-        )
+        """The driver's parameters for ``sql_assignments``, in ``FIELDS`` order."""
+        return tuple(getattr(self, name) for name in FIELDS)
 
     def apply_to(self, row: Any) -> None:
         """Store on an ORM row, moving its token version on."""
@@ -90,12 +87,19 @@ def seal_tokens(
     )
 
 
+def _literal(value: Any) -> str:
+    return "NULL" if value is None else str(int(value))
+
+
 def sql_assignments(first_parameter: int) -> str:
-    """``SET`` list for the driver: ``$first_parameter…`` in ``values()`` order."""
+    """``SET`` list for the driver: ``FIELDS`` are ``$first_parameter…``, the
+    cleared columns literals."""
+    parameter = {name: f"${n}" for n, name in enumerate(FIELDS, start=first_parameter)}
     parts = ["token_version = token_version + 1"]
-    for n, column in enumerate(COLUMNS, start=first_parameter):
+    for column, name in _FROM_FIELD.items():
         if column in _KEPT_WHEN_NULL:
-            parts.append(f"{column} = coalesce(${n}, {column})")
+            parts.append(f"{column} = coalesce({parameter[name]}, {column})")
         else:
-            parts.append(f"{column} = ${n}")
+            parts.append(f"{column} = {parameter[name]}")
+    parts.extend(f"{column} = {_literal(value)}" for column, value in _CLEARED.items())
     return ", ".join(parts)

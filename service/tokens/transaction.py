@@ -8,8 +8,7 @@ four (docs/benchmarks.md has the measurements):
 1. ``BEGIN`` and the two ``SET LOCAL`` in one simple query;
 2. ``SELECT … FOR UPDATE`` of the row;
 3. (Workfront is called) one statement storing the outcome and its audit
-   event through a data-modifying CTE (a revoked grant adds its webhook
-   message, through the outbox's one writer);
+   event (and webhook message) through data-modifying CTEs;
 4. ``COMMIT``.
 
 Every other write keeps the ORM. The statements name the columns of
@@ -30,7 +29,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.connections.outbox import OutboxMessage, enqueue_on_driver
+from service.db import outbox
 from service.tokens.token_columns import TokenColumns, sql_assignments
 
 LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of lock_timeout
@@ -76,21 +75,24 @@ _RECORD_TRANSIENT = """
 """
 
 # The audit event of the failure, then the needs_reauth event (in that order of
-# ids); the webhook message goes through the outbox's one writer.
-_MARK_NEEDS_REAUTH = """
+# ids), and the webhook message ($5: NULL without webhooks, so no message row).
+_MARK_NEEDS_REAUTH = f"""
     WITH changed AS (
         UPDATE connections SET
             status = 'needs_reauth', refresh_failures = refresh_failures + 1,
             last_error = $4, last_error_class = 'grant_revoked',
-            next_refresh_at = NULL, updated_at = $5
+            next_refresh_at = NULL, updated_at = $6
         WHERE id = $1 RETURNING id
+    ), audit AS (
+        INSERT INTO events (kind, connection_id, detail)
+        SELECT e.kind, changed.id, e.detail::jsonb
+        FROM changed,
+            (VALUES (1, $2::text, $3::text), (2, $7::text, $8::text)) AS e (n, kind, detail)
+        ORDER BY e.n
     )
-    INSERT INTO events (kind, connection_id, detail)
-    SELECT e.kind, changed.id, e.detail::jsonb
-    FROM changed,
-        (VALUES (1, $2::text, $3::text), (2, $6::text, $7::text)) AS e (n, kind, detail)
-    ORDER BY e.n
-"""
+    {outbox.DRIVER_INSERT}
+    SELECT $9, $7, $5::jsonb, $6, $6, 0 FROM changed WHERE $5::jsonb IS NOT NULL
+"""  # noqa: S608 - built from constants, never input
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class RefreshTransaction:
         now: datetime,
         lifecycle_event: str,
         lifecycle_detail: dict[str, Any],
-        webhook_message: OutboxMessage | None,
+        webhook_message: outbox.OutboxMessage | None,
     ) -> None:
         await self._raw.execute(
             _MARK_NEEDS_REAUTH,
@@ -178,12 +180,13 @@ class RefreshTransaction:
             "refresh.failed",
             _json({"reason": "grant_revoked"}),
             error,
+            None if webhook_message is None else _json(webhook_message.payload),
             now,
             lifecycle_event,
             _json(lifecycle_detail),
+            uuid.uuid4() if webhook_message is None else webhook_message.id,
             timeout=self._timeout,
         )
-        await enqueue_on_driver(self._raw, webhook_message, timeout=self._timeout)
 
 
 @asynccontextmanager

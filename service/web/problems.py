@@ -149,6 +149,15 @@ def problem_doc(status: int, description: str) -> dict[str, Any]:
     }
 
 
+def auth_errors(*, lacks: str = "the scope", bad_input: str = "Bad input.") -> ResponsesDoc:
+    """The 401, 403 and 422 answers every ``/v1`` operation documents."""
+    return {
+        401: problem_doc(401, "No API key, or an unknown one."),
+        403: problem_doc(403, f"The API key lacks {lacks}."),
+        422: problem_doc(422, bad_input),
+    }
+
+
 _SLUGS = {404: "not-found", 405: "method-not-allowed", 401: "unauthorized"}
 
 

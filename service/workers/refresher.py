@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from service.clock import now_utc
 from service.config import Settings
-from service.db.engine import SessionFactory
+from service.db.engine import Database
 from service.logs import CONNECTION_ID
 from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
 from service.tokens.issued import ConnectionNotFound, NeedsReauth, UpstreamUnavailable
@@ -64,11 +64,9 @@ class Claim:
 
 
 class Refresher:
-    def __init__(
-        self, *, settings: Settings, sessions: SessionFactory, tokens: TokenIssuer
-    ) -> None:
+    def __init__(self, *, settings: Settings, database: Database, tokens: TokenIssuer) -> None:
         self._settings = settings
-        self._sessions = sessions
+        self._database = database
         self._tokens = tokens
         # The lease must outlive one refresh, so a slow one is not claimed
         # again meanwhile: a wait for a pooled connection (up to 10 s) and for
@@ -160,8 +158,8 @@ class Refresher:
                 self._changed.set()
 
     async def _claim(self) -> list[Claim]:
-        async with self._sessions() as session, session.begin():
-            rows = await session.execute(
+        async with self._database() as db, db.begin():
+            rows = await db.execute(
                 _CLAIM,
                 {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
             )
@@ -180,8 +178,8 @@ class Refresher:
             log.exception("refresher: refreshing %s failed", claim.connection_id)
 
     async def _update_gauges(self) -> None:
-        async with self._sessions() as session:
-            rows = (await session.execute(_SUMMARY)).all()
+        async with self._database() as db:
+            rows = (await db.execute(_SUMMARY)).all()
         soonest = None
         for status in ("active", "needs_reauth"):
             CONNECTIONS.labels(status=status).set(0)

@@ -19,7 +19,7 @@ import logging
 
 from sqlalchemy import text
 
-from service.db.engine import SessionFactory
+from service.db.engine import Database
 from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.retention")  # pinned: operators filter on it
@@ -36,14 +36,12 @@ _PRUNE = text(
 )
 
 
-async def prune_events(
-    sessions: SessionFactory, *, retention_days: int, batch: int = PRUNE_BATCH
-) -> int:
+async def prune_events(database: Database, *, retention_days: int, batch: int = PRUNE_BATCH) -> int:
     """Delete events older than ``retention_days``; returns how many went."""
     deleted = 0
     while True:
-        async with sessions() as session, session.begin():
-            result = await session.execute(_PRUNE, {"batch": batch, "days": retention_days})
+        async with database() as db, db.begin():
+            result = await db.execute(_PRUNE, {"batch": batch, "days": retention_days})
         gone: int = result.rowcount  # type: ignore[attr-defined]
         deleted += gone
         if gone < batch:
@@ -54,11 +52,11 @@ async def prune_events(
     return deleted
 
 
-async def run_retention(sessions: SessionFactory, *, retention_days: int) -> None:
+async def run_retention(database: Database, *, retention_days: int) -> None:
     """The loop: prune about once an hour until cancelled."""
 
     async def prune() -> bool:
-        await prune_events(sessions, retention_days=retention_days)
+        await prune_events(database, retention_days=retention_days)
         return False
 
     await run_rounds("event-retention", prune, poll_seconds=PRUNE_EVERY_SECONDS)

@@ -37,14 +37,14 @@ def start_workers(runtime: Runtime) -> Workers:
     settings = runtime.settings
     workers = Workers()
     if settings.refresher_enabled:
-        refresher = Refresher(settings=settings, sessions=runtime.sessions, tokens=runtime.tokens)
+        refresher = Refresher(settings=settings, database=runtime.database, tokens=runtime.tokens)
         workers.starting_work.append(asyncio.create_task(refresher.run(), name="refresher"))
     if settings.event_retention_days > 0:
-        retention = run_retention(runtime.sessions, retention_days=settings.event_retention_days)
+        retention = run_retention(runtime.database, retention_days=settings.event_retention_days)
         workers.starting_work.append(asyncio.create_task(retention, name="event-retention"))
     if settings.webhook_url is not None:
         deliverer = WebhookDeliverer(
-            settings=settings, sessions=runtime.sessions, http=runtime.http
+            settings=settings, database=runtime.database, http=runtime.http
         )
         workers.starting_work.append(asyncio.create_task(deliverer.run(), name="webhooks"))
     if settings.hot_cache_seconds > 0:

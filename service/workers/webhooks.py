@@ -1,7 +1,7 @@
 """Connection events for an outside receiver, signed per Standard Webhooks.
 
 Events are written to the ``webhook_outbox`` table in the same transaction as
-the change they describe (service.connections.outbox), then delivered by a loop in every
+the change they describe (service.db.outbox), then delivered by a loop in every
 serve process (``WebhookDeliverer``) that claims due rows with ``FOR UPDATE
 SKIP LOCKED``, so an event survives a restart and a receiver outage, and
 replicas never send one twice at once. Bodies carry ids and statuses, never a
@@ -25,7 +25,7 @@ from standardwebhooks import Webhook
 
 from service.clock import now_utc
 from service.config import Settings
-from service.db.engine import SessionFactory
+from service.db.engine import Database
 from service.db.models import WebhookMessage
 from service.metrics import WEBHOOK_DELIVERIES
 from service.workers.rounds import run_rounds
@@ -69,14 +69,12 @@ def make_webhook_client(settings: Settings) -> httpx.AsyncClient:
 
 
 class WebhookDeliverer:
-    def __init__(
-        self, *, settings: Settings, sessions: SessionFactory, http: httpx.AsyncClient
-    ) -> None:
+    def __init__(self, *, settings: Settings, database: Database, http: httpx.AsyncClient) -> None:
         if settings.webhook_url is None or settings.webhook_secret is None:
             raise ValueError("webhooks are not configured")
         self._settings = settings
         self._url = settings.webhook_url
-        self._sessions = sessions
+        self._database = database
         self._http = http
         self._signer = Webhook(settings.webhook_secret.get_secret_value())
         self._next_cleanup = 0.0
@@ -88,12 +86,12 @@ class WebhookDeliverer:
         await run_rounds("webhooks", round_, poll_seconds=self._settings.webhook_poll_seconds)
 
     async def run_once(self) -> int:
-        async with self._sessions() as session, session.begin():
-            rows = (await session.execute(_CLAIM, {"batch": 50, "lease": _LEASE_SECONDS})).all()
+        async with self._database() as db, db.begin():
+            rows = (await db.execute(_CLAIM, {"batch": 50, "lease": _LEASE_SECONDS})).all()
             if time.monotonic() >= self._next_cleanup:
                 # Delivered events are kept a while for inspection, not forever.
                 self._next_cleanup = time.monotonic() + _CLEANUP_EVERY_SECONDS
-                await session.execute(_CLEANUP, {"keep": DELIVERED_RETENTION_SECONDS})
+                await db.execute(_CLEANUP, {"keep": DELIVERED_RETENTION_SECONDS})
         await asyncio.gather(*(self._deliver(row.id, row.payload, row.attempts) for row in rows))
         return len(rows)
 
@@ -120,8 +118,8 @@ class WebhookDeliverer:
                 error = f"receiver answered {response.status_code}"
         except httpx.HTTPError as exc:
             error = f"receiver unreachable ({type(exc).__name__})"
-        async with self._sessions() as session, session.begin():
-            message = await session.get(WebhookMessage, message_id, with_for_update=True)
+        async with self._database() as db, db.begin():
+            message = await db.get(WebhookMessage, message_id, with_for_update=True)
             if message is None:
                 return
             if error is None:

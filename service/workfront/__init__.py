@@ -16,25 +16,13 @@ from service.workfront.errors import (
     WorkfrontError,
 )
 from service.workfront.protocol import (
-    API_PATH,
     AUTHORIZE_PATH,
-    LOGOUT_PATH,
-    MAX_ID_CHARS,
-    MAX_SESSION_SECONDS,
-    MAX_USER_ID_CHARS,
-    SESSION_PATH,
     TOKEN_PATH,
     pkce_challenge,
 )
 
 __all__ = [
-    "API_PATH",
     "AUTHORIZE_PATH",
-    "LOGOUT_PATH",
-    "MAX_ID_CHARS",
-    "MAX_SESSION_SECONDS",
-    "MAX_USER_ID_CHARS",
-    "SESSION_PATH",
     "TOKEN_PATH",
     "ClientCredentialsRejected",
     "GrantRevokedError",

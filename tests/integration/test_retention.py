@@ -8,7 +8,7 @@ from collections.abc import Callable
 import asyncpg
 
 from service.config import Settings
-from service.db.engine import make_engine, make_session_factory
+from service.db.engine import make_database, make_engine
 from service.workers.retention import prune_events
 from tests.support.broker import running_broker
 from tests.support.emulator import Emulator
@@ -32,10 +32,10 @@ async def test_prune_deletes_only_events_past_retention_in_batches(
     engine = make_engine(database_url, pool_size=2)
     try:
         # A batch of 3: the 7 old rows take three transactions.
-        deleted = await prune_events(make_session_factory(engine), retention_days=30, batch=3)
+        deleted = await prune_events(make_database(engine), retention_days=30, batch=3)
         assert deleted == 7
         assert await _kinds(db) == {"young": 4}
-        assert await prune_events(make_session_factory(engine), retention_days=30) == 0
+        assert await prune_events(make_database(engine), retention_days=30) == 0
         assert await _kinds(db) == {"young": 4}
     finally:
         await engine.dispose()

@@ -10,16 +10,12 @@ from fastapi import APIRouter, Depends, Response
 from service.apikeys import clients as api_clients
 from service.apikeys.clients import ClientCreate
 from service.web.deps import Admin, RuntimeDep, json_body, json_body_doc
-from service.web.problems import ProblemError, ResponsesDoc, problem_doc
+from service.web.problems import ProblemError, auth_errors, problem_doc
 from service.web.schemas import ClientCreated, ClientOut
 
 router = APIRouter(prefix="/v1/clients", tags=["clients"])
 
-_AUTH_ERRORS: ResponsesDoc = {
-    401: problem_doc(401, "No API key, or an unknown one."),
-    403: problem_doc(403, "The API key lacks the admin scope."),
-    422: problem_doc(422, "Bad input."),
-}
+_AUTH_ERRORS = auth_errors(lacks="the admin scope")
 
 
 @router.post(
@@ -36,7 +32,7 @@ async def post_client(
     body: Annotated[ClientCreate, Depends(json_body(ClientCreate))],
 ) -> ClientCreated:
     created = await api_clients.create_client(
-        runtime.sessions, body, created_by=principal.client_id
+        runtime.database, body, created_by=principal.client_id
     )
     return ClientCreated(
         id=created.id, name=created.name, scopes=created.scopes, api_key=created.api_key
@@ -50,7 +46,7 @@ async def post_client(
     responses=_AUTH_ERRORS,
 )
 async def list_clients(runtime: RuntimeDep, _: Admin) -> list[ClientOut]:
-    rows = await api_clients.list_clients(runtime.sessions)
+    rows = await api_clients.list_clients(runtime.database)
     return [ClientOut.model_validate(row) for row in rows]
 
 
@@ -64,7 +60,7 @@ async def list_clients(runtime: RuntimeDep, _: Admin) -> list[ClientOut]:
 async def revoke_client(client_id: uuid.UUID, runtime: RuntimeDep, principal: Admin) -> Response:
     try:
         await api_clients.revoke_client(
-            runtime.sessions, runtime.authenticator, client_id, revoked_by=principal.client_id
+            runtime.database, runtime.authenticator, client_id, revoked_by=principal.client_id
         )
     except api_clients.UnknownClient:
         raise ProblemError(404, "not-found", "no such active client") from None

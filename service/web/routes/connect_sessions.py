@@ -9,16 +9,15 @@ from fastapi import APIRouter, Depends
 
 from service.signin.links import ReturnUrlNotAllowed, create_connect_link
 from service.web.deps import ConnectionsWriter, RuntimeDep, json_body, json_body_doc
-from service.web.problems import ProblemError, ResponsesDoc, problem_doc
+from service.web.problems import ProblemError, auth_errors
 from service.web.schemas import ConnectSessionCreate, ConnectSessionOut
 
 router = APIRouter(prefix="/v1/connect-sessions", tags=["connections"])
 
-_ERRORS: ResponsesDoc = {
-    401: problem_doc(401, "No API key, or an unknown one."),
-    403: problem_doc(403, "The API key lacks the connections:write scope."),
-    422: problem_doc(422, "Bad input, or a return_url outside the allow-list."),
-}
+_ERRORS = auth_errors(
+    lacks="the connections:write scope",
+    bad_input="Bad input, or a return_url outside the allow-list.",
+)
 
 
 @router.post(
@@ -37,7 +36,7 @@ async def create_connect_session(
     settings = runtime.settings
     try:
         link = await create_connect_link(
-            runtime.sessions,
+            runtime.database,
             external_ref=body.external_ref,
             return_url=body.return_url,
             allowed_return_urls=settings.return_url_prefixes,

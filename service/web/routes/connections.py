@@ -13,7 +13,7 @@ from service.tokens.issued import (
     ConnectionNotFound,
 )
 from service.web.deps import ConnectionsReader, ConnectionsWriter, RuntimeDep, TokensReader
-from service.web.problems import ResponsesDoc, problem_doc
+from service.web.problems import ResponsesDoc, auth_errors, problem_doc
 from service.web.schemas import (
     NO_CONTROL_CHARS,
     ConnectionOut,
@@ -30,11 +30,7 @@ from service.web.token_answers import (
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
 
-_AUTH_ERRORS: ResponsesDoc = {
-    401: problem_doc(401, "No API key, or an unknown one."),
-    403: problem_doc(403, "The API key lacks the scope."),
-    422: problem_doc(422, "Bad input."),
-}
+_AUTH_ERRORS = auth_errors()
 _TOKEN_ERRORS: ResponsesDoc = {
     **_AUTH_ERRORS,
     404: problem_doc(404, "Unknown connection."),
@@ -104,9 +100,9 @@ async def list_connections(
         query = query.where(Connection.external_ref == external_ref)
     if status is not None:
         query = query.where(Connection.status == status)
-    async with runtime.sessions() as session:
+    async with runtime.database() as db:
         # One more than asked: whether a next page exists, without a count.
-        rows = (await session.scalars(query.limit(limit + 1).offset(offset))).all()
+        rows = (await db.scalars(query.limit(limit + 1).offset(offset))).all()
     if len(rows) > limit:
         rows = rows[:limit]
         following = request.url.include_query_params(offset=offset + limit, limit=limit)
@@ -125,8 +121,8 @@ async def list_connections(
 async def get_connection(
     connection_id: uuid.UUID, runtime: RuntimeDep, _: ConnectionsReader
 ) -> ConnectionOut:
-    async with runtime.sessions() as session:
-        row = await session.get(Connection, connection_id)
+    async with runtime.database() as db:
+        row = await db.get(Connection, connection_id)
     if row is None:
         raise not_found()
     return ConnectionOut.model_validate(row)

@@ -28,7 +28,13 @@ from service.runtime import Runtime
 from service.signin.attempts import ATTEMPT_TTL, start_attempt
 from service.signin.callback import finish_signin
 from service.signin.failures import CallbackFailure, next_step_without_retry, refusal
-from service.signin.links import LinkState, link_of_failure, link_state, live_connect_link
+from service.signin.links import (
+    LONGEST_TOKEN,
+    LinkState,
+    link_of_failure,
+    link_state,
+    live_connect_link,
+)
 from service.web.deps import RuntimeDep
 from service.web.pages import not_found, page_headers, render
 
@@ -38,7 +44,6 @@ log = logging.getLogger("service.routes.oauth")  # pinned: operators filter on i
 ATTEMPT_COOKIE = "wtb_attempt"
 LINK_COOKIE = "wtb_link"
 _COOKIE_PATH = "/oauth"
-_MAX_PARAM = 2048
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ async def _retry_for(request: Request, runtime: Runtime, failure: CallbackFailur
         or request.path_params.get("token")
         or request.query_params.get("session")
     )
-    link, token = await link_of_failure(runtime.sessions, token, failure)
+    link, token = await link_of_failure(runtime.database, token, failure)
     if link is not None:
         live = link_state(link, now=now_utc()) is LinkState.LIVE
         if live and token is not None and failure.retryable:
@@ -127,7 +132,7 @@ async def connect_page(
             return not_found(request, settings)
     else:
         try:
-            found = await live_connect_link(runtime.sessions, link)
+            found = await live_connect_link(runtime.database, link)
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
         authorize_url = authorize_url.include_query_params(session=link)
@@ -177,7 +182,7 @@ async def start_authorization(
             return not_found(request, settings)
     else:
         try:
-            link_id = (await live_connect_link(runtime.sessions, link)).id
+            link_id = (await live_connect_link(runtime.database, link)).id
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
     started = await start_attempt(
@@ -222,7 +227,7 @@ async def oauth_callback(
     error: OptionalParam = None,
 ) -> Response:
     try:
-        if any(len(value) > _MAX_PARAM for value in (code, state, domain, lane, error) if value):
+        if any(len(value) > LONGEST_TOKEN for value in (code, state, domain, lane, error) if value):
             raise refusal("malformed_callback")
         connected = await finish_signin(
             runtime,

@@ -94,7 +94,7 @@ async def status_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     if not principal.allows("admin"):
         return _refused(request, runtime, 403, "That API key lacks the admin scope.")
     now = now_utc()
-    async with runtime.sessions() as db:
+    async with runtime.database() as db:
         by_status = dict(
             (
                 await db.execute(

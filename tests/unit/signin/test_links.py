@@ -13,14 +13,14 @@ from typing import Any, NoReturn, cast
 
 import pytest
 
-from service.db.engine import SessionFactory
+from service.crypto import lookup_digest
+from service.db.engine import Database
 from service.db.models import ConnectLink
 from service.signin.failures import ASK_FOR_NEW_LINK, CallbackFailure
 from service.signin.links import (
     LONGEST_TOKEN,
     LinkState,
     ReturnUrlNotAllowed,
-    connect_link_digest,
     create_connect_link,
     find_connect_link,
     link_state,
@@ -44,7 +44,7 @@ def _fail(*_: Any, **__: Any) -> NoReturn:
     raise AssertionError("the database was used")
 
 
-_no_database = cast(SessionFactory, _fail)
+_no_database = cast(Database, _fail)
 
 
 # --- live, used, expired ---------------------------------------------------------
@@ -180,8 +180,8 @@ async def test_a_link_with_a_return_url_outside_the_list_is_not_stored() -> None
 
 def test_only_the_sha256_of_a_token_is_looked_up() -> None:
     token = "x" * 43
-    assert connect_link_digest(token) == hashlib.sha256(token.encode()).digest()
-    assert connect_link_digest(token) != connect_link_digest(token + "y")
+    assert lookup_digest(token) == hashlib.sha256(token.encode()).digest()
+    assert lookup_digest(token) != lookup_digest(token + "y")
 
 
 async def test_an_oversized_token_is_unknown_without_a_lookup() -> None:

@@ -1,8 +1,8 @@
 """The webhook outbox's one writer: connection events for an outside receiver.
 
 A message is written in the same transaction as the change it describes
-(through the ORM's transaction, or the refresh transaction on the driver:
-both run the one statement here), then delivered by service.workers.webhooks.
+(through the ORM, or inside the refresh transaction's statement on the
+driver, from the column list here), then delivered by service.workers.webhooks.
 Bodies carry ids and statuses, never a token.
 """
 
@@ -14,19 +14,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
+from service.db.models import WebhookMessage
 
 CONNECTION_CREATED = "connection.created"
 CONNECTION_NEEDS_REAUTH = "connection.needs_reauth"
 CONNECTION_RECOVERED = "connection.recovered"
 CONNECTION_DELETED = "connection.deleted"
 
-_INSERT = (
+# For SQL on the driver: the columns a new message sets, in OutboxMessage.arguments()
+# order plus its first attempt (due at once) and count.
+DRIVER_INSERT = (
     "INSERT INTO webhook_outbox (id, event_type, payload, created_at, next_attempt_at, attempts)"
-    " VALUES ($1, $2, $3::jsonb, $4, $4, 0)"
 )
 
 
@@ -70,18 +71,14 @@ def message(
 
 
 async def enqueue(db: AsyncSession, outbox_message: OutboxMessage | None) -> None:
-    """Write the message inside the caller's ORM transaction."""
+    """Add the message to the caller's ORM transaction (flushed with it, in order)."""
     if outbox_message is not None:
-        connection = await db.connection()
-        await connection.exec_driver_sql(_INSERT, outbox_message.arguments())
-
-
-async def enqueue_on_driver(
-    raw: asyncpg.Connection,
-    outbox_message: OutboxMessage | None,
-    *,
-    timeout: float,  # noqa: ASYNC109 - the driver's statement timeout, as for the others
-) -> None:
-    """Write the message inside a transaction open on the driver (the refresh's)."""
-    if outbox_message is not None:
-        await raw.execute(_INSERT, *outbox_message.arguments(), timeout=timeout)
+        db.add(
+            WebhookMessage(
+                id=outbox_message.id,
+                event_type=outbox_message.event_type,
+                payload=outbox_message.payload,
+                next_attempt_at=outbox_message.created_at,
+                attempts=0,
+            )
+        )
