@@ -1,10 +1,10 @@
-"""Configuration: BROKER_* variables and .env, one clear line per problem, no secret echoed."""
+"""Configuration (service.config): BROKER_* variables and .env, one clear line
+per problem, no secret echoed. No database, no process."""
 
 from __future__ import annotations
 
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,26 +17,19 @@ from service.config import (
     normalize_database_url,
     require_database_url,
 )
-from service.crypto import generate_key
-from tests.support import REPO
-from tests.support.processes import env_without_broker, run_cli
-
-REQUIRED = (
-    "BROKER_WORKFRONT_URL",
-    "BROKER_CLIENT_ID",
-    "BROKER_CLIENT_SECRET",
-    "BROKER_REDIRECT_URI",
-    "BROKER_ENCRYPTION_KEYS",
+from tests.support.config_values import (
+    ADMIN_BLANK,
+    ADMIN_SHORT,
+    BAD_KEY_MATERIAL,
+    CLIENT_SECRET,
+    DB_PASSWORD,
+    REQUIRED,
+    SECRETS,
+    SHORT_KEY_MATERIAL,
+    WEBHOOK_SECRET,
+    assert_no_secret,
+    good_values,
 )
-# Secret-looking values that must never be printed back.
-CLIENT_SECRET = "client-secret-SENTINEL-7f3a9c"
-ADMIN_SHORT = "admin-SENTINEL-short"
-ADMIN_BLANK = "   "
-DB_PASSWORD = "dbpass-SENTINEL-41c2"
-# A well-formed Standard Webhooks secret: whsec_ + base64 of 32 bytes.
-WEBHOOK_SECRET = "whsec_U0VOVElORUwtd2ViaG9vay1zZWNyZXQtMDEyMzQ1Njc4OWFi"
-BAD_KEY_MATERIAL = "keymaterial-SENTINEL-x!y*z"
-SHORT_KEY_MATERIAL = "c2VudGluZWwtc2hvcnQta2V5"  # 18 bytes, valid base64
 
 
 @pytest.fixture
@@ -47,16 +40,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
         if name.startswith("BROKER_"):
             monkeypatch.delenv(name)
     return monkeypatch
-
-
-def _good() -> dict[str, str]:
-    return {
-        "BROKER_WORKFRONT_URL": "https://acme.my.workfront.com",
-        "BROKER_CLIENT_ID": "client-id",
-        "BROKER_CLIENT_SECRET": CLIENT_SECRET,
-        "BROKER_REDIRECT_URI": "https://broker.example.com/oauth/callback",
-        "BROKER_ENCRYPTION_KEYS": f"k1:{generate_key()}",
-    }
 
 
 def _set(env: pytest.MonkeyPatch, values: dict[str, str]) -> None:
@@ -74,16 +57,11 @@ def _problems(env: pytest.MonkeyPatch, values: dict[str, str]) -> list[str]:
     return problems
 
 
-def _assert_no_secret(text: str, *secrets: str) -> None:
-    for secret in secrets:
-        assert secret not in text
-
-
 # Missing and malformed values --------------------------------------------------------------
 
 
 def test_good_minimal_configuration_loads_with_contract_defaults(env: pytest.MonkeyPatch) -> None:
-    _set(env, _good())
+    _set(env, good_values())
     settings = load_settings()
     assert settings.database_url is None
     assert settings.client_secret.get_secret_value() == CLIENT_SECRET
@@ -116,11 +94,11 @@ def _order(problem: str) -> int:
 
 @pytest.mark.parametrize("missing", REQUIRED)
 def test_one_missing_variable_is_named(env: pytest.MonkeyPatch, missing: str) -> None:
-    values = _good()
+    values = good_values()
     del values[missing]
     problems = _problems(env, values)
     assert problems == [f"{missing}: required but not set"]
-    _assert_no_secret("\n".join(problems), CLIENT_SECRET, values.get("BROKER_ENCRYPTION_KEYS", "?"))
+    assert_no_secret("\n".join(problems), CLIENT_SECRET, values.get("BROKER_ENCRYPTION_KEYS", "?"))
 
 
 BAD_VALUES = [
@@ -151,26 +129,25 @@ BAD_VALUES = [
     ("BROKER_EVENT_RETENTION_DAYS", "-1"),
     ("BROKER_EVENT_RETENTION_DAYS", "a month"),
 ]
-SECRETS = (CLIENT_SECRET, ADMIN_SHORT, DB_PASSWORD, WEBHOOK_SECRET, BAD_KEY_MATERIAL)
 
 
 @pytest.mark.parametrize(("variable", "value"), BAD_VALUES)
 def test_a_malformed_value_gives_one_line_naming_the_variable(
     env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
-    values = _good()
+    values = good_values()
     values[variable] = value
     if variable == "BROKER_WEBHOOK_URL":
         values["BROKER_WEBHOOK_SECRET"] = WEBHOOK_SECRET
     problems = _problems(env, values)
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{variable}: "), problems
-    _assert_no_secret(problems[0], *SECRETS, SHORT_KEY_MATERIAL)
+    assert_no_secret(problems[0], *SECRETS, SHORT_KEY_MATERIAL)
 
 
 def test_all_malformed_values_at_once_give_one_line_each(env: pytest.MonkeyPatch) -> None:
     values = {
-        **_good(),
+        **good_values(),
         "BROKER_WORKFRONT_URL": "not a url",
         "BROKER_TOKEN_AUTH": "other",
         "BROKER_WORKFRONT_API_VERSION": "latest",
@@ -192,7 +169,7 @@ def test_all_malformed_values_at_once_give_one_line_each(env: pytest.MonkeyPatch
             "BROKER_DATABASE_URL",
         ]
     )
-    _assert_no_secret("\n".join(problems), *SECRETS)
+    assert_no_secret("\n".join(problems), *SECRETS)
 
 
 @pytest.mark.parametrize(
@@ -204,15 +181,19 @@ def test_all_malformed_values_at_once_give_one_line_each(env: pytest.MonkeyPatch
     ids=["url-without-secret", "secret-without-url"],
 )
 def test_webhook_url_and_secret_go_together(env: pytest.MonkeyPatch, given: dict[str, str]) -> None:
-    problems = _problems(env, {**_good(), **given})
+    problems = _problems(env, {**good_values(), **given})
     assert len(problems) == 1
     assert "BROKER_WEBHOOK_URL" in problems[0]
     assert "BROKER_WEBHOOK_SECRET" in problems[0]
-    _assert_no_secret(problems[0], WEBHOOK_SECRET)
+    assert_no_secret(problems[0], WEBHOOK_SECRET)
 
 
 def test_webhook_pairing_is_reported_with_the_other_problems(env: pytest.MonkeyPatch) -> None:
-    values = {**_good(), "BROKER_TOKEN_AUTH": "other", "BROKER_WEBHOOK_URL": "https://h.example/in"}
+    values = {
+        **good_values(),
+        "BROKER_TOKEN_AUTH": "other",
+        "BROKER_WEBHOOK_URL": "https://h.example/in",
+    }
     problems = _problems(env, values)
     assert len(problems) == 2, problems
     assert problems[0].startswith("BROKER_TOKEN_AUTH: ")
@@ -220,7 +201,7 @@ def test_webhook_pairing_is_reported_with_the_other_problems(env: pytest.MonkeyP
 
 
 def test_webhook_url_with_secret_loads(env: pytest.MonkeyPatch) -> None:
-    _set(env, {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"})
+    _set(env, {**good_values(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"})
     env.setenv("BROKER_WEBHOOK_SECRET", WEBHOOK_SECRET)
     settings = load_settings()
     assert settings.webhook_url == "https://hooks.example.com/in"
@@ -232,12 +213,12 @@ def test_webhook_url_with_secret_loads(env: pytest.MonkeyPatch) -> None:
 def test_malformed_webhook_secret_is_refused_without_echo(
     env: pytest.MonkeyPatch, secret: str
 ) -> None:
-    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    values = {**good_values(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
     problems = _problems(env, {**values, "BROKER_WEBHOOK_SECRET": secret})
     assert [problem.partition(":")[0] for problem in problems] == ["BROKER_WEBHOOK_SECRET"]
     material = secret.removeprefix("whsec_")
     if material:
-        _assert_no_secret(problems[0], material)
+        assert_no_secret(problems[0], material)
 
 
 @pytest.mark.parametrize(
@@ -257,20 +238,20 @@ def test_weak_secret_starts_with_a_warning_without_echo(
 ) -> None:
     """The contract sets no strength for these: a weak one is the operator's
     call, so start-up warns (without the value) rather than refusing it."""
-    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    values = {**good_values(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
     values.setdefault("BROKER_WEBHOOK_SECRET", WEBHOOK_SECRET)
     _set(env, {**values, variable: value})
     with caplog.at_level(logging.WARNING, logger="service.config"):
         load_settings()
     text = "\n".join(record.getMessage() for record in caplog.records)
     assert warning in text
-    _assert_no_secret(text, value, value.removeprefix("whsec_"))
+    assert_no_secret(text, value, value.removeprefix("whsec_"))
 
 
 def test_strong_secrets_start_without_a_warning(
     env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    values = {**_good(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
+    values = {**good_values(), "BROKER_WEBHOOK_URL": "https://hooks.example.com/in"}
     _set(env, {**values, "BROKER_WEBHOOK_SECRET": WEBHOOK_SECRET, "BROKER_ADMIN_API_KEY": "a" * 32})
     with caplog.at_level(logging.WARNING, logger="service.config"):
         load_settings()
@@ -280,7 +261,7 @@ def test_strong_secrets_start_without_a_warning(
 
 
 def test_empty_client_secret_is_refused(env: pytest.MonkeyPatch) -> None:
-    problems = _problems(env, {**_good(), "BROKER_CLIENT_SECRET": ""})
+    problems = _problems(env, {**good_values(), "BROKER_CLIENT_SECRET": ""})
     assert [problem.partition(":")[0] for problem in problems] == ["BROKER_CLIENT_SECRET"]
 
 
@@ -303,7 +284,7 @@ def test_database_url_is_normalized_to_asyncpg(
     env: pytest.MonkeyPatch, given: str, expected: str
 ) -> None:
     assert normalize_database_url(given) == expected
-    _set(env, {**_good(), "BROKER_DATABASE_URL": given})
+    _set(env, {**good_values(), "BROKER_DATABASE_URL": given})
     settings = load_settings()
     assert settings.database_url == expected
     assert require_database_url(settings) == expected
@@ -311,7 +292,7 @@ def test_database_url_is_normalized_to_asyncpg(
 
 
 def test_missing_database_url_is_named(env: pytest.MonkeyPatch) -> None:
-    _set(env, _good())
+    _set(env, good_values())
     with pytest.raises(ConfigError) as info:
         require_database_url(load_settings())
     assert info.value.problems == ["BROKER_DATABASE_URL: required but not set"]
@@ -339,7 +320,7 @@ def test_missing_database_url_is_named(env: pytest.MonkeyPatch) -> None:
 def test_domain_and_lane_are_derived_from_the_host(
     env: pytest.MonkeyPatch, url: str, expected: tuple[str, str] | None
 ) -> None:
-    _set(env, {**_good(), "BROKER_WORKFRONT_URL": url})
+    _set(env, {**good_values(), "BROKER_WORKFRONT_URL": url})
     settings = load_settings()
     assert settings.workfront_url == url.rstrip("/")
     assert settings.expected_domain_lane() == expected
@@ -349,7 +330,7 @@ def test_check_off_warns_at_start(
     env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="service.config")
-    _set(env, {**_good(), "BROKER_WORKFRONT_URL": "http://127.0.0.1:8001"})
+    _set(env, {**good_values(), "BROKER_WORKFRONT_URL": "http://127.0.0.1:8001"})
     assert load_settings().expected_domain_lane() is None
     assert any(
         "BROKER_WORKFRONT_DOMAIN" in record.getMessage() and record.levelno == logging.WARNING
@@ -364,7 +345,7 @@ def test_explicit_domain_and_lane_win(
     _set(
         env,
         {
-            **_good(),
+            **good_values(),
             "BROKER_WORKFRONT_URL": "http://127.0.0.1:8001",
             "BROKER_WORKFRONT_DOMAIN": "emulator",
             "BROKER_WORKFRONT_LANE": "my",
@@ -386,7 +367,7 @@ def _write_env(path: Path, values: dict[str, str]) -> None:
 
 def test_dotenv_file_is_read(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     values = {
-        **_good(),
+        **good_values(),
         "BROKER_DATABASE_URL": "postgresql://broker@db/broker",
         "BROKER_TOKEN_AUTH": "form",
         "BROKER_SESSION_TTL_SECONDS": "900",
@@ -409,7 +390,7 @@ def test_dotenv_file_is_read(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_environment_wins_over_dotenv(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    _write_env(tmp_path / ".env", {**_good(), "BROKER_CLIENT_ID": "from-dotenv"})
+    _write_env(tmp_path / ".env", {**good_values(), "BROKER_CLIENT_ID": "from-dotenv"})
     env.setenv("BROKER_CLIENT_ID", "from-environment")
     assert load_settings().client_id == "from-environment"
 
@@ -420,7 +401,7 @@ def test_bad_dotenv_value_is_named_without_its_secret(
     _write_env(
         tmp_path / ".env",
         {
-            **_good(),
+            **good_values(),
             "BROKER_ENCRYPTION_KEYS": f"k1:{BAD_KEY_MATERIAL}",
             "BROKER_SESSION_TTL_SECONDS": "-5",
         },
@@ -429,61 +410,16 @@ def test_bad_dotenv_value_is_named_without_its_secret(
         load_settings()
     named = sorted(problem.partition(":")[0] for problem in info.value.problems)
     assert named == ["BROKER_ENCRYPTION_KEYS", "BROKER_SESSION_TTL_SECONDS"]
-    _assert_no_secret(str(info.value), *SECRETS)
+    assert_no_secret(str(info.value), *SECRETS)
 
 
 def test_settings_constructor_ignores_dotenv_when_told(
     env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _write_env(tmp_path / ".env", {"BROKER_CLIENT_ID": "from-dotenv"})
-    _set(env, {name: value for name, value in _good().items() if name != "BROKER_CLIENT_ID"})
+    _set(env, {name: value for name, value in good_values().items() if name != "BROKER_CLIENT_ID"})
     assert load_settings().client_id == "from-dotenv"
     assert Settings(_env_file=None, client_id="explicit").client_id == "explicit"
 
 
 # `python -m service serve` with bad configuration ----------------------------------------
-
-
-def _serve(tmp_path: Path, values: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = env_without_broker(PYTHONPATH=str(REPO), **values)
-    # cwd: no .env there
-    return run_cli("serve", "--port", "1", env=env, cwd=tmp_path, timeout=20)
-
-
-def _config_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("configuration error: ")]
-
-
-def test_serve_refuses_bad_configuration_with_one_line_per_problem(tmp_path: Path) -> None:
-    values = {
-        **_good(),
-        "BROKER_DATABASE_URL": f"postgresql://broker:{DB_PASSWORD}@127.0.0.1:1/broker",
-        "BROKER_ENCRYPTION_KEYS": f"k1:{BAD_KEY_MATERIAL}",
-        "BROKER_ADMIN_API_KEY": ADMIN_BLANK,
-    }
-    del values["BROKER_CLIENT_ID"]
-    del values["BROKER_REDIRECT_URI"]
-    result = _serve(tmp_path, values)
-    assert result.returncode == 2, result.stderr
-    lines = _config_lines(result.stderr)
-    named = sorted(line.removeprefix("configuration error: ").partition(":")[0] for line in lines)
-    assert named == [
-        "BROKER_ADMIN_API_KEY",
-        "BROKER_CLIENT_ID",
-        "BROKER_ENCRYPTION_KEYS",
-        "BROKER_REDIRECT_URI",
-    ], result.stderr
-    _assert_no_secret(result.stderr + result.stdout, *SECRETS)
-    assert "Traceback" not in result.stderr
-
-
-def test_serve_reports_missing_database_url_with_the_other_problems(tmp_path: Path) -> None:
-    values = _good()
-    del values["BROKER_CLIENT_ID"]
-    result = _serve(tmp_path, values)
-    assert result.returncode == 2, result.stderr
-    named = sorted(
-        line.removeprefix("configuration error: ").partition(":")[0]
-        for line in _config_lines(result.stderr)
-    )
-    assert named == ["BROKER_CLIENT_ID", "BROKER_DATABASE_URL"], result.stderr
