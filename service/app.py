@@ -13,6 +13,7 @@ from service.config import Settings
 from service.runtime import open_runtime
 from service.web.access_log import AccessLogMiddleware
 from service.web.fastpath import TokenFastPath
+from service.web.head import HeadAsGet
 from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
 from service.web.routes import clients, connect_sessions, connections, oauth, ops, status
@@ -76,6 +77,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Inside the access log (added later = outer), so its answers are logged too.
     app.add_middleware(TokenFastPath)
+    # Outside the fast path (a HEAD of the token is answered like its GET),
+    # inside the access log (which records HEAD as HEAD).
+    app.add_middleware(HeadAsGet)
     app.add_middleware(AccessLogMiddleware)
 
     _register_problem_schema(app)

@@ -229,6 +229,18 @@ class Settings(BaseSettings):
             )
         return weak
 
+    def risky_switches(self) -> list[str]:
+        """Warnings for settings that turn a protection off."""
+        risky = []
+        if not self.require_state:
+            risky.append(
+                "BROKER_REQUIRE_STATE=false: callbacks without state are accepted, which"
+                " reopens OAuth login CSRF (an attacker's Workfront account can be bound to"
+                " a victim's browser or external_ref); set it to true unless your Workfront"
+                " cannot send state back"
+            )
+        return risky
+
     @property
     def return_url_prefixes(self) -> list[str]:
         return _split_csv(self.allowed_return_urls)
@@ -312,7 +324,7 @@ def load_settings(*, require_database: bool = False, **overrides: Any) -> Settin
         raise ConfigError(sorted(problems)) from None
     if require_database:
         require_database_url(settings)
-    for warning in settings.weak_secrets():
+    for warning in (*settings.weak_secrets(), *settings.risky_switches()):
         log.warning("%s", warning)
     if settings.expected_domain_lane() is None:
         log.warning(

@@ -39,7 +39,7 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
 
     @app.get("/__emulator/settings")
     async def get_settings() -> Response:
-        return JSONResponse(dataclasses.asdict(state.settings))
+        return JSONResponse(_shown(state.settings))
 
     @app.patch("/__emulator/settings")
     async def patch_settings(request: Request) -> Response:
@@ -48,7 +48,7 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
         checked = {name: _check_setting(name, value) for name, value in data.items()}
         for name, value in checked.items():
             setattr(state.settings, name, value)
-        return JSONResponse(dataclasses.asdict(state.settings))
+        return JSONResponse(_shown(state.settings))
 
     @app.post("/__emulator/faults")
     async def add_faults(request: Request) -> Response:
@@ -166,3 +166,11 @@ def _check_setting(name: str, value: object) -> object:
     elif hint is not str and not (value is None or isinstance(value, str)):  # str | None
         raise bad
     return value
+
+
+def _shown(settings: EmulatorSettings) -> dict[str, object]:
+    """The settings as the switch endpoints answer them: never the client
+    secret (compose can start the emulator where others reach it)."""
+    shown = dataclasses.asdict(settings)
+    shown.pop("client_secret", None)
+    return shown

@@ -63,7 +63,10 @@ def link_state(link: ConnectLink | None, *, now: datetime) -> LinkState:
 
 
 def return_url_allowed(url: str, prefixes: list[str]) -> bool:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. a fullwidth solidus or at-sign in the host, an unclosed "["
+        return False
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     # A prefix must match at a boundary so https://app.example.com does not admit

@@ -1,8 +1,9 @@
 """Access log as plain ASGI middleware, and the request id every log line carries.
 
 What is logged of a request is its method, its route (the path *template*,
-e.g. ``/connect/{token}``, so a one-time connect link never reaches a log),
-status and duration: never the query string (``/oauth/callback`` carries the
+e.g. ``/connect/{token}``, so a one-time connect link never reaches a log;
+a path no route matched, such as ``/connect/<token>/``, only as its first
+segment), status and duration: never the query string (``/oauth/callback`` carries the
 authorization code and state) and never a header (``Authorization`` carries the
 API key). uvicorn's own access log prints query strings, so it is off.
 
@@ -30,7 +31,6 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's own request id is kept only when it is short and plain, so it
 # cannot forge log structure or smuggle a secret into every line.
 _ACCEPTABLE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
-_MAX_LOGGED_PATH = 120
 
 
 def _request_id(scope: Scope) -> str:
@@ -43,13 +43,43 @@ def _request_id(scope: Scope) -> str:
 
 
 def logged_path(scope: Scope) -> str:
-    """The matched route's template, else the raw path (cut short): no parameters."""
+    """The matched route's template; for a path no route matched, its first
+    segment if a route starts with it, the rest elided. Never the raw path: it
+    may carry a secret (a connect-link token with a trailing slash, say)."""
     route = scope.get("route")
     template = getattr(route, "path", None)
     if isinstance(template, str):
         return template
     path: str = scope["path"]
-    return path if len(path) <= _MAX_LOGGED_PATH else path[:_MAX_LOGGED_PATH] + "…"
+    first, _, rest = path.removeprefix("/").partition("/")
+    if first not in _route_prefixes(scope.get("app")):
+        return "/…"
+    return f"/{first}/…" if rest or path.endswith("/") else f"/{first}"
+
+
+def _route_prefixes(app: Any) -> frozenset[str]:
+    """The first path segments the app serves (``v1``, ``connect``, ``static``…):
+    its documented paths (the OpenAPI document, built once) and its mounts."""
+    state = getattr(app, "state", None)
+    known: frozenset[str] | None = getattr(state, "route_prefixes", None)
+    if known is not None:
+        return known
+    paths: list[str] = []
+    if hasattr(app, "openapi"):
+        paths.extend(app.openapi()["paths"])
+    paths.extend(
+        p
+        for route in getattr(app, "routes", ())
+        if isinstance(p := getattr(route, "path", None), str)
+    )
+    known = frozenset(
+        first
+        for path in paths
+        if (first := path.removeprefix("/").partition("/")[0]) and not first.startswith("{")
+    )
+    if state is not None:
+        state.route_prefixes = known
+    return known
 
 
 class AccessLogMiddleware:

@@ -104,7 +104,7 @@ def _allowed_methods(request: Request) -> str:
         if pattern.match(request.scope["path"]):
             methods |= served
     if "GET" in methods:
-        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+        methods.add("HEAD")  # answered wherever GET is (service.web.head)
     return ", ".join(sorted(methods))
 
 

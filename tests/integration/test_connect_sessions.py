@@ -98,6 +98,12 @@ async def test_unknown_link_is_refused(linked_broker: BrokerHarness) -> None:
         "https://app.example.com.evil.net/workfront",
         "javascript:alert(1)",
         "/relative",
+        # Inputs urlsplit refuses (fullwidth slash, at-sign or colon in the
+        # host under NFKC, an unclosed IPv6 bracket): refused, not a 500.
+        "https://app.example.com\uff0fevil",
+        "https://app.example.com\uff20evil.net/",
+        "https://app.example.com\uff1a443/",
+        "https://[app.example.com/",
     ],
 )
 async def test_return_url_must_be_allowed(

@@ -248,6 +248,18 @@ def test_weak_secret_starts_with_a_warning_without_echo(
     assert_no_secret(text, value, value.removeprefix("whsec_"))
 
 
+@pytest.mark.parametrize(("value", "warns"), [("false", True), ("true", False)])
+def test_turning_the_state_check_off_warns_loudly(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, value: str, warns: bool
+) -> None:
+    _set(env, {**good_values(), "BROKER_REQUIRE_STATE": value})
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        load_settings()
+    said = [r.getMessage() for r in caplog.records if "BROKER_REQUIRE_STATE" in r.getMessage()]
+    assert bool(said) is warns
+    assert all("CSRF" in line for line in said)
+
+
 def test_strong_secrets_start_without_a_warning(
     env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -586,6 +586,16 @@ async def test_settings_patch_validates(client: httpx.AsyncClient) -> None:
     assert (await client.get("/__emulator/settings")).json()["latency_ms"] == 5.0
 
 
+async def test_settings_never_show_the_client_secret(client: httpx.AsyncClient) -> None:
+    secret = "emulated-secret-SENTINEL-5d1e"
+    patched = await client.patch("/__emulator/settings", json={"client_secret": secret})
+    assert patched.status_code == 200
+    for answer in (patched, await client.get("/__emulator/settings")):
+        assert secret not in answer.text
+        assert "client_secret" not in answer.json()
+        assert answer.json()["client_id"]  # the rest is still there
+
+
 async def test_reset_clears_state_but_keeps_identity(client: httpx.AsyncClient) -> None:
     await _settings(client, domain="acme", latency_ms=1, rotate_refresh_tokens=False)
     tokens = await _exchange(client)

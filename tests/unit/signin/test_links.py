@@ -141,6 +141,12 @@ def test_a_return_url_at_or_under_a_prefix_is_allowed(url: str) -> None:
         "http://app.example.com/",
         "https://evil.net/?next=https://app.example.com/",
         "",
+        # Inputs urlsplit refuses (fullwidth slash, at-sign or colon in the
+        # host under NFKC, an unclosed IPv6 bracket): refused, not a 500.
+        "https://app.example.com\uff0fevil",
+        "https://app.example.com\uff20evil.net/",
+        "https://app.example.com\uff1a443/",
+        "https://[app.example.com/",
     ],
 )
 def test_a_return_url_outside_every_prefix_is_refused(url: str) -> None:
