@@ -13,10 +13,11 @@ import re
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import now_utc
 from service.crypto import TokenCipher, lookup_digest, row_aad
@@ -36,15 +37,25 @@ def _verifier_aad(attempt_id: uuid.UUID) -> bytes:
     return row_aad("authorizations", attempt_id, "code_verifier")
 
 
-def _browser_secret(cookie: str | None) -> str:
+async def _browser_secret(db: AsyncSession, cookie: str | None, now: datetime) -> str:
     """The secret that binds attempts to this browser, from its cookie if any.
 
     One per browser, shared by every attempt it starts: a second tab must not
-    orphan the first one's attempt. Only a value of the shape this code makes
-    is kept; anything else is replaced by a new one.
+    orphan the first one's attempt. A cookie is kept only when the broker issued
+    it, i.e. a live attempt is bound to it: a value planted in the browser
+    (session fixation) is replaced by a new one, never adopted.
     """
     if cookie is not None and _BROWSER_SECRET.fullmatch(cookie):
-        return cookie
+        issued = await db.scalar(
+            select(SigninAttempt.id)
+            .where(
+                SigninAttempt.browser_hash == lookup_digest(cookie),
+                SigninAttempt.expires_at > now,
+            )
+            .limit(1)
+        )
+        if issued is not None:
+            return cookie
     return secrets.token_urlsafe(32)
 
 
@@ -60,12 +71,12 @@ async def start_attempt(
 ) -> StartedAttempt:
     """Store a new attempt for the browser whose binding cookie is ``browser_cookie``
     (None: it has none yet), started from the connect link ``link_id`` if any."""
-    browser = _browser_secret(browser_cookie)
     state = secrets.token_urlsafe(32)  # 256 bits
     attempt_id = uuid.uuid4()
     verifier = secrets.token_urlsafe(48) if runtime.settings.pkce else None
     now = now_utc()
     async with runtime.database() as db, db.begin():
+        browser = await _browser_secret(db, browser_cookie, now)
         # Opportunistic clean-up keeps the table small without a separate job.
         await db.execute(
             delete(SigninAttempt).where(SigninAttempt.expires_at < now - timedelta(days=1))

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from service.config import Settings
+from service.web.routes.oauth import ATTEMPT_COOKIE
 from tests.support import BROKER_BASE
 from tests.support.broker import (
     BrokerHarness,
@@ -173,6 +174,20 @@ async def test_two_sign_ins_in_one_browser_both_finish(
     assert (await broker.client.get(second)).status_code == 200
     assert (await broker.client.get(first)).status_code == 200
     assert await db.fetchval("SELECT count(*) FROM connections") == 2
+
+
+async def test_a_planted_binding_cookie_is_never_adopted(broker: BrokerHarness) -> None:
+    """Session fixation: a binding value the broker did not issue (planted by
+    someone who wants to share a victim's binding) is replaced, not echoed."""
+    planted = "P" * 43  # the shape of a real one
+    broker.client.cookies.set(ATTEMPT_COOKIE, planted, path="/oauth")
+    start = await broker.client.get("/oauth/authorize")
+    assert start.status_code == 302
+    issued = start.cookies[ATTEMPT_COOKIE]
+    assert issued != planted
+    # One the broker issued is kept: a second tab shares it.
+    again = await broker.client.get("/oauth/authorize")
+    assert ATTEMPT_COOKIE not in again.cookies or again.cookies[ATTEMPT_COOKIE] == issued
 
 
 async def test_a_refused_tab_does_not_spoil_another_in_the_same_browser(
