@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,8 +20,7 @@ from service.clock import now_utc
 from service.connections.events import record_connection_event
 from service.db import outbox
 from service.db.audit import record_event
-from service.db.models import STATUS_ACTIVE, Connection, ConnectLink
-from service.signin.links import ConnectLinkSpent
+from service.db.models import STATUS_ACTIVE, Connection
 from service.tokens.issued import ConnectionNotFound
 from service.tokens.parts import TokenParts
 from service.tokens.sealing import ACCESS
@@ -39,19 +38,17 @@ class ConnectionLifecycle:
         user: WorkfrontUser,
         tokens: TokenSet,
         external_ref: str | None,
-        connect_session_id: uuid.UUID | None = None,
     ) -> tuple[uuid.UUID, bool]:
         """Create the user's connection, or update it on re-authorization.
 
         Returns (connection id, created). One transaction: a failure stores
-        nothing, and a connect link is spent in the same transaction.
+        nothing. (A connect link is claimed by the sign-in before the code is
+        exchanged: service.signin.links.)
         """
         instance = self._parts.settings.instance_host
         for _attempt in range(2):
             try:
                 async with self._parts.database() as db, db.begin():
-                    if connect_session_id is not None:
-                        await _spend_connect_link(db, connect_session_id)
                     row = await db.scalar(
                         select(Connection)
                         .where(Connection.instance == instance, Connection.user_id == user.user_id)
@@ -152,18 +149,3 @@ class ConnectionLifecycle:
             external_ref=row.external_ref,
             client_id=client_id,
         )
-
-
-async def _spend_connect_link(db: AsyncSession, connect_session_id: uuid.UUID) -> None:
-    spent = await db.scalar(
-        update(ConnectLink)
-        .where(
-            ConnectLink.id == connect_session_id,
-            ConnectLink.used_at.is_(None),
-            ConnectLink.expires_at > now_utc(),
-        )
-        .values(used_at=now_utc())
-        .returning(ConnectLink.id)
-    )
-    if spent is None:
-        raise ConnectLinkSpent

@@ -2,8 +2,10 @@
 
 In order: consume the sign-in attempt (single use, this browser's), check
 what Workfront reported and that the callback came from the configured
-instance, check the attempt's connect link once more, exchange the code and
-look up the user, then store the connection (which spends the link). Every
+instance, check the attempt's connect link once more and claim it (so of two
+callbacks racing on one link only one reaches Workfront), exchange the code
+and look up the user, then store the connection; a failure after the claim
+releases the link for another try. Every
 refusal is a CallbackFailure (see service.signin.failures) and stores
 nothing. The code and the client secret only ever go to the configured
 instance, never to a host derived from the callback's ``domain``/``lane``.
@@ -11,6 +13,7 @@ instance, never to a host derived from the callback's ``domain``/``lane``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from service.signin.attempts import code_verifier, consume_attempt
 from service.signin.failures import CallbackFailure, refusal
-from service.signin.links import ConnectLinkSpent, recheck_connect_link
+from service.signin.links import ClaimedLink, claim_connect_link, release_connect_link
 from service.workfront import (
     ClientCredentialsRejected,
     GrantRevokedError,
@@ -85,19 +88,20 @@ async def _connect(
     expected = settings.expected_domain_lane()
     if expected is not None and (domain, lane) != expected:
         raise refusal("wrong_instance", instance=settings.instance_host)
-    link = None
+    claimed: ClaimedLink | None = None
     if attempt.connect_session_id is not None:
-        link = await recheck_connect_link(runtime.database, attempt.connect_session_id)
-    tokens, user = await _exchange(runtime, attempt, code)
+        claimed = await claim_connect_link(runtime.database, attempt.connect_session_id)
+    link = claimed.link if claimed else None
     try:
+        tokens, user = await _exchange(runtime, attempt, code)
         connection_id, created = await runtime.connections.store_connection(
-            user=user,
-            tokens=tokens,
-            external_ref=link.external_ref if link else None,
-            connect_session_id=link.id if link else None,
+            user=user, tokens=tokens, external_ref=link.external_ref if link else None
         )
-    except ConnectLinkSpent:
-        raise refusal("link_spent") from None
+    except Exception:
+        if claimed is not None:
+            with contextlib.suppress(Exception):  # the failure itself is what the caller hears
+                await release_connect_link(runtime.database, claimed)
+        raise
     return Connected(connection_id, created, link.return_url if link else None)
 
 

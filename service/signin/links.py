@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from enum import Enum
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from service.clock import now_utc
 from service.crypto import lookup_digest
@@ -29,8 +29,12 @@ from service.signin.failures import CallbackFailure, FailureCode, refusal
 LONGEST_TOKEN = 2048
 
 
-class ConnectLinkSpent(Exception):
-    """A connect link was used by a concurrent callback first."""
+@dataclass(frozen=True)
+class ClaimedLink:
+    """A connect link this callback holds: spent unless released."""
+
+    link: ConnectLink
+    claimed_at: datetime
 
 
 class ReturnUrlNotAllowed(Exception):
@@ -157,6 +161,39 @@ async def recheck_connect_link(database: Database, link_id: uuid.UUID) -> Connec
     if link is None:  # there when the attempt started: to the person, it is used up
         raise refusal("link_used")
     return refuse_unless_live(link, now=now_utc())
+
+
+async def claim_connect_link(database: Database, link_id: uuid.UUID) -> ClaimedLink:
+    """Check the attempt's link once more and claim it, before the code is
+    exchanged: of two callbacks racing on one link only the first goes on to
+    Workfront, so a spent link never makes a grant there."""
+    link = await recheck_connect_link(database, link_id)
+    now = now_utc()
+    async with database() as db, db.begin():
+        claimed = await db.scalar(
+            update(ConnectLink)
+            .where(
+                ConnectLink.id == link_id,
+                ConnectLink.used_at.is_(None),
+                ConnectLink.expires_at > now,
+            )
+            .values(used_at=now)
+            .returning(ConnectLink.id)
+        )
+    if claimed is None:
+        raise refusal("link_spent")
+    return ClaimedLink(link=link, claimed_at=now)
+
+
+async def release_connect_link(database: Database, claimed: ClaimedLink) -> None:
+    """The sign-in failed after the claim: the link works again while it lives
+    (the failure page's "Try again")."""
+    async with database() as db, db.begin():
+        await db.execute(
+            update(ConnectLink)
+            .where(ConnectLink.id == claimed.link.id, ConnectLink.used_at == claimed.claimed_at)
+            .values(used_at=None)
+        )
 
 
 async def link_of_failure(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import httpx
 import pytest
 
 from service.config import Settings
@@ -174,3 +176,52 @@ async def test_one_connection_per_external_ref_and_workfront_user(
     )
     assert sorted(c["id"] for c in listed.json()) == sorted({ids[0], ids[2]})
     assert await db.fetchval("SELECT count(*) FROM connections WHERE status = 'active'") == 2
+
+
+async def _start_from_link(broker: BrokerHarness, token: str, username: str) -> httpx.AsyncClient:
+    """A browser of its own that opened the link and logged in; returns it with
+    its callback path+query stored on it."""
+    browser = httpx.AsyncClient(transport=httpx.ASGITransport(app=broker.app), base_url=BROKER_BASE)
+    start = await browser.get("/oauth/authorize", params={"session": token})
+    assert start.status_code == 302, start.text
+    browser.headers["x-test-callback"] = await login_at_emulator(
+        start.headers["location"], username=username
+    )
+    return browser
+
+
+async def test_two_callbacks_racing_on_one_link_make_one_grant(
+    linked_broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    """The link is claimed before its code is exchanged: the loser is refused
+    without reaching Workfront, so no orphaned grant is made there."""
+    link = await _make_link(linked_broker)
+    token = urlsplit(link["url"]).path.removeprefix("/connect/")
+    browsers = [await _start_from_link(linked_broker, token, name) for name in ("ann", "ben")]
+    exchanges_before = [r for r in await linked_broker.emulator.requests() if r.get("grant_type")]
+    try:
+        answers = await asyncio.gather(*(b.get(b.headers["x-test-callback"]) for b in browsers))
+    finally:
+        for browser in browsers:
+            await browser.aclose()
+    assert sorted(a.status_code for a in answers) == [302, 400]
+    exchanges = [r for r in await linked_broker.emulator.requests() if r.get("grant_type")]
+    codes = [
+        r for r in exchanges[len(exchanges_before) :] if r["grant_type"] == "authorization_code"
+    ]
+    assert len(codes) == 1
+    assert await db.fetchval("SELECT count(*) FROM connections") == 1
+
+
+async def test_a_link_whose_sign_in_failed_at_workfront_works_again(
+    linked_broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    link = await _make_link(linked_broker)
+    callback = await _follow_link(linked_broker, link["url"], "zoe")
+    await linked_broker.emulator.faults({"kind": "status", "status": 503})
+    assert (await linked_broker.client.get(callback)).status_code == 502
+    assert await db.fetchval("SELECT count(*) FROM connections") == 0
+    # Released: the same link starts and finishes a sign-in.
+    again = await _follow_link(linked_broker, link["url"], "zoe")
+    assert (await linked_broker.client.get(again)).status_code == 302
+    assert await db.fetchval("SELECT count(*) FROM connections") == 1
