@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
 from service.apikeys.clients import ClientCreate
 from service.config import Settings
@@ -42,6 +43,14 @@ def begin_shutdown(app: FastAPI) -> None:
         workers.stop_new_work()
 
 
+def operation_id(route: APIRoute) -> str:
+    """Short, stable operationIds for generated clients: ``<tag>-<handler>``,
+    e.g. ``connections-get_token`` (FastAPI's default also spells out the path
+    and the method)."""
+    tag = str(route.tags[0]).replace(" ", "_") if route.tags else "broker"
+    return f"{tag}-{route.name}"
+
+
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,6 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await runtime.tokens.drain()
 
     app = FastAPI(
+        generate_unique_id_function=operation_id,
         title="Workfront token broker",
         version="0.1.0",
         description=DESCRIPTION,

@@ -35,6 +35,15 @@ def test_every_route_has_a_summary_and_responses() -> None:
         assert operation.get("responses"), f"{method} {path} documents no responses"
 
 
+def test_operation_ids_are_short_and_unique() -> None:
+    """``<tag>-<handler>`` (e.g. connections-get_token): what a generated
+    client names its functions after; FastAPI's default spelled out the path."""
+    ids = [operation["operationId"] for _, _, operation in _operations(openapi_document())]
+    assert len(ids) == len(set(ids))
+    assert all(re.fullmatch(r"[a-z_]+-[a-z_]+", op) and len(op) <= 40 for op in ids), ids
+    assert "connections-get_token" in ids
+
+
 def test_api_routes_document_their_errors() -> None:
     for path, method, operation in _operations(openapi_document()):
         if not path.startswith("/v1/"):
