@@ -73,6 +73,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         generate_unique_id_function=operation_id,
+        # A trailing-slash redirect is built from the request's Host; such a
+        # path answers 404 instead (links come from BROKER_PUBLIC_URL only).
+        redirect_slashes=False,
         title="Workfront token broker",
         version="0.1.0",
         description=DESCRIPTION,

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     client_id: str = Field(min_length=1)
     client_secret: SecretStr
     redirect_uri: str
+    # The broker's public origin; every absolute URL it emits is built from it.
+    public_url: str | None = None
     token_auth: Literal["basic_json", "form"] = "basic_json"
     workfront_api_version: str = "v21.0"
     encryption_keys: SecretStr
@@ -152,6 +154,16 @@ class Settings(BaseSettings):
     @classmethod
     def _redirect_uri(cls, value: str) -> str:
         return _http_url(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(_http_url(value))
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError("must be an origin such as https://broker.example.com (no path)")
+        return f"{parts.scheme}://{parts.netloc}"
 
     @field_validator("webhook_url")
     @classmethod
@@ -263,7 +275,10 @@ class Settings(BaseSettings):
 
     @property
     def public_base_url(self) -> str:
-        """The broker's own origin, taken from the registered redirect URI."""
+        """The broker's public origin: BROKER_PUBLIC_URL, else the redirect URI's.
+        Never the request's Host, which a client chooses."""
+        if self.public_url is not None:
+            return self.public_url
         parts = urlsplit(self.redirect_uri)
         return f"{parts.scheme}://{parts.netloc}"
 

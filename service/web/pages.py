@@ -10,12 +10,14 @@ a connect-link URL its token).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -24,6 +26,22 @@ from service.config import Settings
 _PACKAGE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(_PACKAGE / "templates"))
 STATIC_DIR = _PACKAGE / "static"
+
+
+def public_link(request: Request, settings: Settings, name: str, /, **params: str) -> str:
+    """An absolute URL of one of the broker's routes on its configured public
+    origin (BROKER_PUBLIC_URL): never built from the request's Host header."""
+    return settings.public_base_url + str(request.app.url_path_for(name, **params))
+
+
+@pass_context
+def _template_url_for(context: dict[str, Any], name: str, /, **params: str) -> str:
+    """``url_for`` in templates (the stylesheet, the icon), on the public origin."""
+    return public_link(context["request"], context["settings"], name, **params)
+
+
+# Starlette's own url_for builds the URL from the request's Host.
+templates.env.globals["url_for"] = _template_url_for
 
 
 def content_security_policy(settings: Settings) -> str:
@@ -56,7 +74,9 @@ def page_headers(settings: Settings) -> dict[str, str]:
 def render(
     request: Request, settings: Settings, name: str, status: int, **context: object
 ) -> HTMLResponse:
-    response = templates.TemplateResponse(request, name, context, status_code=status)
+    response = templates.TemplateResponse(
+        request, name, {**context, "settings": settings}, status_code=status
+    )
     response.headers.update(page_headers(settings))
     return response
 

@@ -102,6 +102,8 @@ def test_one_missing_variable_is_named(env: pytest.MonkeyPatch, missing: str) ->
 
 
 BAD_VALUES = [
+    ("BROKER_PUBLIC_URL", "https://broker.example.com/base"),
+    ("BROKER_PUBLIC_URL", "broker.example.com"),
     ("BROKER_WORKFRONT_URL", "not a url"),
     ("BROKER_WORKFRONT_URL", "ftp://acme.my.workfront.com"),
     ("BROKER_REDIRECT_URI", "/oauth/callback"),

@@ -22,6 +22,7 @@ from typing import Annotated
 import httpx
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import URL
 
 from service.clock import now_utc
 from service.runtime import Runtime
@@ -36,7 +37,7 @@ from service.signin.links import (
     live_connect_link,
 )
 from service.web.deps import RuntimeDep
-from service.web.pages import not_found, page_headers, render
+from service.web.pages import not_found, page_headers, public_link, render
 
 router = APIRouter(tags=["browser flow"])
 log = logging.getLogger("service.routes.oauth")  # pinned: operators filter on it
@@ -64,11 +65,11 @@ async def _retry_for(request: Request, runtime: Runtime, failure: CallbackFailur
     if link is not None:
         live = link_state(link, now=now_utc()) is LinkState.LIVE
         if live and token is not None and failure.retryable:
-            url = request.url_for("connect_link_page", token=token)
-            return _Retry(str(url), link.return_url)
+            url = public_link(request, runtime.settings, "connect_link_page", token=token)
+            return _Retry(url, link.return_url)
         return _Retry(None, link.return_url)
     if runtime.settings.connect_page_enabled and failure.retryable:
-        return _Retry(str(request.url_for("connect_page")), None)
+        return _Retry(public_link(request, runtime.settings, "connect_page"), None)
     return _Retry(None, None)
 
 
@@ -125,7 +126,7 @@ async def connect_page(
     request: Request, runtime: RuntimeDep, link: SessionParam = None
 ) -> HTMLResponse:
     settings = runtime.settings
-    authorize_url = request.url_for("start_authorization")
+    authorize_url = URL(public_link(request, settings, "start_authorization"))
     expires_at = None
     if link is None:
         if not settings.connect_page_enabled:
