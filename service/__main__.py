@@ -34,6 +34,8 @@ def _cmd_serve(args: argparse.Namespace) -> None:
         port=args.port,
         log_level=settings.log_level,
         shutdown_timeout=settings.shutdown_timeout_seconds,
+        header_timeout=settings.header_timeout_seconds,
+        max_connections=settings.max_connections or None,
     )
     run_event_loop(serve_until_signalled(server, on_signal=lambda: begin_shutdown(app)))
 

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # cancelled. Refreshes that already presented a refresh token are then
     # given up to 2 x BROKER_UPSTREAM_TIMEOUT_SECONDS more to commit it.
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
+    # A connection whose request headers are not in this long after its first
+    # byte (or after connecting) is closed: silent and slowloris sockets.
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Client connections per process; 0: what the open-files limit leaves.
+    max_connections: int = Field(default=0, ge=0, le=1_000_000)
     # JSON lines for log collectors; `dev` always logs readable text.
     log_format: Literal["json", "text"] = "json"
     # A forced refresh arriving this soon after the last refresh returns that

@@ -12,6 +12,12 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp
 
+from service.web.connection_guard import default_max_connections, guarded_protocol
+
+# Descriptors kept for everything but client connections: the database pool,
+# Workfront's and webhooks' connections, logs, the event loop's own.
+_RESERVED_FDS = 128
+
 
 class Server(uvicorn.Server):
     """A uvicorn server that leaves signal handling to the caller.
@@ -32,7 +38,10 @@ def make_server(
     port: int,
     log_level: str = "info",
     shutdown_timeout: int | None = None,
+    header_timeout: float = 10.0,
+    max_connections: int | None = None,
 ) -> Server:
+    """``max_connections`` None: what the open-files limit leaves (service.web.connection_guard)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -49,6 +58,11 @@ def make_server(
         # After SIGTERM, requests in flight get this long to finish; then they
         # are cancelled and the application's own shutdown runs.
         timeout_graceful_shutdown=shutdown_timeout,
+        # Silent and slow sockets are closed, connections bounded.
+        http=guarded_protocol(
+            header_timeout=header_timeout,
+            max_connections=max_connections or default_max_connections(reserved=_RESERVED_FDS),
+        ),
     )
     return Server(config)
 
