@@ -30,6 +30,7 @@ typecheck: install
 	$(BIN)/mypy service tests alembic bench
 
 pytest: install
+	@$(BIN)/python -m tests.support.chromium
 	$(BIN)/pytest -q
 
 format: install

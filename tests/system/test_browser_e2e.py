@@ -12,9 +12,7 @@ test-artifacts/screenshots/ (not committed) for a person to look at.
 from __future__ import annotations
 
 import html
-import os
 import re
-import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,10 +27,10 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 
 from tests.support import ADMIN_KEY, CLIENT_ID, CLIENT_SECRET, REPO
+from tests.support.chromium import INSTALL_HINT, find_chromium
 from tests.support.db import TABLES
 from tests.support.processes import env_without_broker, free_port, start, stop, wait_ready
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 # Without these, Chromium on a closed network spends its time (and fails)
 # reaching Google's services, and refuses to run as root in a sandbox.
 CHROMIUM_ARGS = [
@@ -183,15 +181,15 @@ async def fresh(stack: Stack, db: asyncpg.Connection) -> Stack:
 
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.fail(
-            f"Chromium not found at {CHROMIUM}: the browser tests need Debian's chromium "
-            "package. Install it with `apt-get install -y chromium` (or set CHROMIUM_PATH)."
-        )
+    # None: Playwright's own download, if `make test` could install one.
+    chromium = find_chromium()
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
-        )
+        try:
+            launched = await playwright.chromium.launch(
+                executable_path=chromium, args=CHROMIUM_ARGS, headless=True
+            )
+        except Exception as exc:
+            pytest.fail(f"Chromium could not be started ({type(exc).__name__}): {INSTALL_HINT}")
         yield launched
         await launched.close()
 
