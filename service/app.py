@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from service.apikeys.clients import ClientCreate
 from service.config import Settings
 from service.runtime import open_runtime
+from service.web import api_docs
 from service.web.access_log import AccessLogMiddleware
 from service.web.fastpath import TokenFastPath
 from service.web.head import HeadAsGet
@@ -73,6 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         generate_unique_id_function=operation_id,
+        # Served by service.web.api_docs with their assets, not from a CDN.
+        docs_url=None,
+        redoc_url=None,
         # A trailing-slash redirect is built from the request's Host; such a
         # path answers 404 instead (links come from BROKER_PUBLIC_URL only).
         redirect_slashes=False,
@@ -87,6 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
     # The pages' stylesheet and icon, served by the broker itself so the pages
     # load nothing from a third party; a mount stays out of the OpenAPI document.
     app.mount("/static", static_files(), name="static")
+    app.include_router(api_docs.router)
+    app.mount(api_docs.ASSETS_PATH, api_docs.assets(), name="docs-assets")
 
     # Inside the access log (added later = outer), so its answers are logged too.
     app.add_middleware(TokenFastPath)
