@@ -105,15 +105,17 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=0, ge=0, le=1_000_000)
     # JSON lines for log collectors; `dev` always logs readable text.
     log_format: Literal["json", "text"] = "json"
-    # A forced refresh arriving this soon after the last refresh returns that
-    # fresh session instead of calling Workfront again: callers that saw the
-    # old session rejected at about the same time share one refresh even when
-    # their requests are spread out a little (or reach different replicas).
-    # Off by default: the contract says a forced refresh refreshes, and only
-    # concurrent ones share (the flight and the row's version check do that);
-    # a debounce would hand a caller whose new session was rejected that same
-    # session back.
-    force_refresh_debounce_seconds: float = Field(default=0.0, ge=0, le=60)
+    # A forced refresh without If-Match this soon after the last refresh gets
+    # that fresh session instead of calling Workfront again: callers that saw
+    # the old session rejected at about the same time share one refresh even
+    # when their requests are spread out a little (or reach different
+    # replicas), and a client forcing in a loop costs one refresh per
+    # connection per interval. A caller whose brand-new session was rejected
+    # sends If-Match (the session's ETag), which is never held back.
+    force_refresh_min_interval_seconds: float = Field(default=1.0, ge=0, le=3600)
+    # Retired (BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS replaced it): read
+    # only to tell an operator who still sets it.
+    force_refresh_debounce_seconds: float | None = None
     # Connections this process keeps open to PostgreSQL. Requests beyond it
     # wait for a free one (up to 10 s) rather than opening and closing extra
     # connections, which under load costs more than the query.
@@ -247,8 +249,13 @@ class Settings(BaseSettings):
         return weak
 
     def risky_switches(self) -> list[str]:
-        """Warnings for settings that turn a protection off."""
+        """Warnings for settings that turn a protection off, or are no longer read."""
         risky = []
+        if self.force_refresh_debounce_seconds is not None:
+            risky.append(
+                "BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS is no longer read:"
+                " BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS replaces it (default 1)"
+            )
         if not self.require_state:
             risky.append(
                 "BROKER_REQUIRE_STATE=false: callbacks without state are accepted, which"

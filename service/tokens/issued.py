@@ -15,8 +15,10 @@ class IssuedToken:
     session_id: str = field(repr=False)
     expires_at: datetime
     user_id: str
-    # The row's token_version it came from.
+    # The row's token_version it came from: it moves on with every new session.
     token_version: int
+    # When the session was obtained (None: a row from before this was kept).
+    refreshed_at: datetime | None
     # expires_at as a POSIX timestamp: the cache's min_ttl check without
     # datetime arithmetic.
     expires_ts: float = field(init=False, repr=False, compare=False)
@@ -24,13 +26,19 @@ class IssuedToken:
     def __post_init__(self) -> None:
         object.__setattr__(self, "expires_ts", self.expires_at.timestamp())
 
+    @property
+    def session_version(self) -> str:
+        """The opaque version callers see (the ETag's value): names this session
+        of this connection, and no other."""
+        return str(self.token_version)
+
 
 @dataclass(frozen=True, slots=True)
 class Ask:
     """What a refresh was asked for."""
 
     seen_version: int  # the token version the caller saw
-    min_ttl: int  # seconds of life the caller needs
+    min_ttl: float  # seconds of life the caller needs
     forced: bool  # refresh even when the session still has min_ttl left
 
 

@@ -24,8 +24,16 @@ from service.tokens.issued import (
 )
 from service.tokens.parts import TokenParts
 from service.tokens.refresh import Refresh
+from service.tokens.schedule import needed_ttl
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
+
+
+def _older(seen: str, version: int) -> bool:
+    """Whether a version a caller sent names a session older than ``version``
+    (one the broker never issued does not: the row decides)."""
+    return seen.isascii() and seen.isdigit() and len(seen) < 19 and int(seen) < version
+
 
 _VERSION_READ = select(Connection.token_version, Connection.last_refreshed_at, func.now()).where(
     Connection.id == bindparam("connection_id")
@@ -50,16 +58,19 @@ class TokenIssuer:
     async def get_token(
         self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True
     ) -> IssuedToken:
-        """A session with at least ``min_ttl`` seconds left, refreshing first when needed.
+        """A session with at least ``min_ttl`` seconds left (see ``needed_ttl``),
+        refreshing first when needed.
 
         ``cached=False`` reads the row even when memory holds a session: for a
         caller who must see what another replica may have just stored.
         """
         if cached:
-            hit = self.reads.cached(connection_id, min_ttl)
-            if hit is not None:
+            hit = self.reads.cache.get(connection_id)
+            if hit is not None and hit.expires_ts - time.time() >= self.needed_ttl(hit, min_ttl):
                 return hit
-            # Concurrent callers of a connection not in memory share one read.
+            # Concurrent callers of a connection not in memory (or whose
+            # session there is too old) share one read: another replica may
+            # have stored a fresher one.
             read = await self.reads.cache.load(
                 connection_id, lambda: self.reads.read(connection_id)
             )
@@ -69,27 +80,73 @@ class TokenIssuer:
             raise ConnectionNotFound
         if isinstance(read, str):
             raise NeedsReauth
-        if read.expires_ts - time.time() >= min_ttl:
+        needed = self.needed_ttl(read, min_ttl)
+        if read.expires_ts - time.time() >= needed:
             return read
         return await self.flights.join(
-            connection_id, Ask(seen_version=read.token_version, min_ttl=min_ttl, forced=False)
+            connection_id, Ask(seen_version=read.token_version, min_ttl=needed, forced=False)
         )
 
-    async def force_refresh(self, connection_id: uuid.UUID) -> IssuedToken:
-        """Refresh now (the caller saw the session rejected), sharing concurrent refreshes."""
+    def needed_ttl(self, token: IssuedToken, min_ttl: int) -> float:
+        """The life ``token`` must have left for a caller asking ``min_ttl``
+        (service.tokens.schedule.needed_ttl): never more than a refresh gives."""
+        if token.refreshed_at is not None:
+            lifetime = token.expires_ts - token.refreshed_at.timestamp()
+        else:
+            lifetime = self._settings.session_ttl_seconds
+        return needed_ttl(min_ttl, lifetime=lifetime, ahead=self._settings.refresh_ahead_seconds)
+
+    async def force_refresh(
+        self, connection_id: uuid.UUID, *, if_match: frozenset[str] | None = None
+    ) -> IssuedToken:
+        """Refresh now (the caller saw the session rejected), sharing concurrent refreshes.
+
+        ``if_match``: the session versions the caller saw rejected (If-Match).
+        The connection is refreshed only while it still holds one of them;
+        otherwise its newer session is the answer, with no upstream call.
+        Without it, at most one upstream refresh per connection per
+        BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS.
+        """
+        if if_match is not None:
+            return await self._refresh_if_current(connection_id, if_match)
         found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
         if found is None:
             raise ConnectionNotFound
         version, last_refreshed_at, db_now = found
-        debounce = timedelta(seconds=self._settings.force_refresh_debounce_seconds)
+        interval = timedelta(seconds=self._settings.force_refresh_min_interval_seconds)
         # Both times from the database's clock: replicas' clocks may disagree.
-        if last_refreshed_at is not None and db_now - last_refreshed_at < debounce:
+        if last_refreshed_at is not None and db_now - last_refreshed_at < interval:
             # Refreshed a moment ago (by a caller who saw the same rejection),
             # maybe by another replica: read the row, memory may hold the
             # session this caller saw rejected.
             return await self.get_token(connection_id, min_ttl=0, cached=False)
         return await self.flights.join(
             connection_id, Ask(seen_version=version, min_ttl=0, forced=True)
+        )
+
+    async def _refresh_if_current(
+        self, connection_id: uuid.UUID, versions: frozenset[str]
+    ) -> IssuedToken:
+        hit = self.reads.cache.get(connection_id)
+        if hit is not None and hit.session_version not in versions:
+            # Versions only move on: memory holding another one than the
+            # rejected ones means a newer session exists. (If memory holds a
+            # rejected one, the row may already hold a newer one: read it.)
+            if all(_older(seen, hit.token_version) for seen in versions):
+                return hit
+        # Concurrent callers share one read of the row (another replica may
+        # have stored a newer session).
+        read = await self.reads.cache.load(connection_id, lambda: self.reads.read(connection_id))
+        if read is None:
+            raise ConnectionNotFound
+        if isinstance(read, str):
+            raise NeedsReauth
+        if read.session_version not in versions:
+            return read
+        # Under the row lock the refresh is skipped when the version moved on
+        # meanwhile (another caller, maybe on another replica, refreshed).
+        return await self.flights.join(
+            connection_id, Ask(seen_version=read.token_version, min_ttl=0, forced=True)
         )
 
     async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:

@@ -36,9 +36,11 @@ _TOKEN_READ = select(
     Connection.expires_at,
     Connection.user_id,
     Connection.token_version,
+    Connection.last_refreshed_at,
 ).where(Connection.id == bindparam("connection_id"))
 _TOKENS_READ = text(
-    "SELECT id, status, access_token_enc, expires_at, user_id, token_version"
+    "SELECT id, status, access_token_enc, expires_at, user_id, token_version,"
+    " last_refreshed_at"
     " FROM connections WHERE id = ANY(:ids)"
 ).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 
@@ -77,11 +79,13 @@ class TokenReads:
         if found is None:
             self.cache.drop(connection_id)
             return None
-        status, sealed, expires_at, user_id, version = found
+        status, sealed, expires_at, user_id, version, refreshed_at = found
         if status != STATUS_ACTIVE:
             self.cache.drop(connection_id)
             return str(status)
-        issued = self._sealer.issued_from(connection_id, sealed, expires_at, user_id, version)
+        issued = self._sealer.issued_from(
+            connection_id, sealed, expires_at, user_id, version, refreshed_at
+        )
         self.cache.store(connection_id, issued, read_started=started, changes_seen=changes)
         return issued
 
@@ -114,13 +118,13 @@ class TokenReads:
             row = by_id.get(entry.key)
             fresh: IssuedToken | None = None
             if row is not None and row[1] == STATUS_ACTIVE:
-                _, _, sealed, expires_at, user_id, version = row
+                _, _, sealed, expires_at, user_id, version, refreshed_at = row
                 if version == seen.token_version and expires_at == seen.expires_at:
                     fresh = seen
                 else:
                     try:
                         fresh = self._sealer.issued_from(
-                            entry.key, sealed, expires_at, user_id, version
+                            entry.key, sealed, expires_at, user_id, version, refreshed_at
                         )
                     except DecryptionError:
                         # e.g. written under a key this replica lacks (a rollout

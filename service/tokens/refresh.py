@@ -185,6 +185,7 @@ class Refresh:
                 return self._sealer.issued(row)
             return UpstreamUnavailable(exc.detail, retry_after=exc.retry_after)
         resolve(answered)
+        refreshed_at = now_utc()
         return Rotated(
             issued=IssuedToken(
                 connection_id=row.id,
@@ -192,11 +193,12 @@ class Refresh:
                 expires_at=tokens.expires_at,
                 user_id=row.user_id,
                 token_version=row.token_version + 1,
+                refreshed_at=refreshed_at,
             ),
             write=TokenWrite(
                 connection_id=row.id,
                 from_version=row.token_version,
-                columns=seal_tokens(self._sealer, self._schedule, row.id, tokens, now_utc()),
+                columns=seal_tokens(self._sealer, self._schedule, row.id, tokens, refreshed_at),
             ),
         )
 

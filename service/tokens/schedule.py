@@ -33,3 +33,16 @@ class RefreshSchedule:
         if retry_after is not None:
             delay = max(delay, retry_after)
         return now_utc() + timedelta(seconds=delay)
+
+
+def needed_ttl(min_ttl: float, *, lifetime: float, ahead: float) -> float:
+    """``min_ttl``, capped at what a refresh can be counted on to give.
+
+    A session lives ``lifetime`` seconds (what Workfront said, or the assumed
+    BROKER_SESSION_TTL_SECONDS); no refresh satisfies more, so a larger ask
+    would refresh on every read, each answer again falling short. A session
+    younger than the refresh-ahead margin (at most half its life) counts as
+    the freshest there is: asking for more than it has left refreshes once
+    per session, never once per read.
+    """
+    return min(min_ttl, lifetime - min(ahead, lifetime / 2))

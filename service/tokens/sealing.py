@@ -32,6 +32,8 @@ class SealedRow(Protocol):
     def user_id(self) -> str: ...
     @property
     def token_version(self) -> int: ...
+    @property
+    def last_refreshed_at(self) -> datetime | None: ...
 
 
 class TokenSealer:
@@ -48,7 +50,12 @@ class TokenSealer:
     def issued(self, row: SealedRow) -> IssuedToken:
         """The row's session as handed out."""
         return self.issued_from(
-            row.id, row.access_token_enc, row.expires_at, row.user_id, row.token_version
+            row.id,
+            row.access_token_enc,
+            row.expires_at,
+            row.user_id,
+            row.token_version,
+            row.last_refreshed_at,
         )
 
     def issued_from(
@@ -58,6 +65,7 @@ class TokenSealer:
         expires_at: datetime,
         user_id: str,
         version: int,
+        refreshed_at: datetime | None,
     ) -> IssuedToken:
         """A session from the columns of a row read without the ORM."""
         return IssuedToken(
@@ -68,4 +76,5 @@ class TokenSealer:
             expires_at=expires_at,
             user_id=user_id,
             token_version=version,
+            refreshed_at=refreshed_at,
         )

@@ -47,7 +47,8 @@ _ROLLBACK_TIMEOUT_SECONDS = 5.0
 
 _LOCK = """
     SELECT id, status, access_token_enc, refresh_token_enc, expires_at, next_refresh_at,
-           token_version, user_id, external_ref, last_error_class, refresh_failures
+           token_version, user_id, external_ref, last_error_class, refresh_failures,
+           last_refreshed_at
     FROM connections WHERE id = $1 FOR UPDATE
 """
 
@@ -110,6 +111,7 @@ class LockedRow:
     external_ref: str | None
     last_error_class: str | None
     refresh_failures: int
+    last_refreshed_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)

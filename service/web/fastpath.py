@@ -28,6 +28,7 @@ from service.web.token_answers import (
     MIN_TTL_MAX,
     TOKEN_PATH,
     TOKENS_SCOPE,
+    etag,
     issue_token,
 )
 
@@ -94,6 +95,7 @@ class TokenFastPath:
                 "headers": [
                     (b"content-length", str(len(body)).encode()),
                     (b"content-type", b"application/json"),
+                    (b"etag", etag(issued)),
                 ],
             }
         )

@@ -31,6 +31,15 @@ class TokenOut(BaseModel):
     expires_at: datetime = Field(description="When the session is expected to lapse (UTC).")
     workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
     user_id: str = Field(description="The Workfront user the session belongs to.")
+    session_version: str = Field(
+        description=(
+            "Opaque version of this session, also the answer's `ETag` (quoted). A caller"
+            " whose Workfront call was rejected with this session forces a refresh with"
+            " `If-Match: <ETag>`: the broker refreshes only if the connection still holds"
+            " this session, and otherwise answers the newer one at once."
+        ),
+        examples=["7"],
+    )
 
 
 def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
@@ -48,6 +57,7 @@ def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
             "expires_at": issued.expires_at,  # Z for UTC, as pydantic writes it
             "workfront_url": workfront_url,
             "user_id": issued.user_id,
+            "session_version": issued.session_version,
         },
         option=orjson.OPT_UTC_Z,
     )

@@ -4,6 +4,7 @@ outcomes mapped to the answer, the metrics, and the read's parameters."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Final
 
@@ -28,31 +29,86 @@ MIN_TTL_DEFAULT = 60
 MIN_TTL_MAX = 86_400
 
 
+# RFC 9110's entity-tag: optional W/, then a quoted string of etagc.
+_ENTITY_TAG = re.compile(r'[ \t]*(W/)?"([\x21\x23-\x7e]*)"[ \t]*(?:,|$)')
+_ANY = re.compile(r"[ \t]*\*[ \t]*")
+
+
+def parse_if_match(header: str | None) -> frozenset[str] | None:
+    """The session versions an If-Match names (its strong tags' values), or
+    None when there is no condition (absent, or ``*``).
+
+    A weak tag never matches (If-Match compares strongly), so it is left out;
+    a header that is not a list of entity tags is a 422.
+    """
+    if header is None or _ANY.fullmatch(header):
+        return None
+    invalid = ProblemError(
+        422,
+        "invalid-request",
+        'If-Match must be "*" or a list of entity tags, as the ETag of a token answer',
+    )
+    if not header.strip(" \t"):
+        raise invalid  # an empty stored ETag, most likely: say so
+    versions: set[str] = set()
+    position = 0
+    while position < len(header):
+        found = _ENTITY_TAG.match(header, position)
+        if found is None or found.end() == position:
+            raise invalid
+        if found[1] is None:
+            versions.add(found[2])
+        position = found.end()
+    return frozenset(versions)
+
+
 def not_found() -> ProblemError:
     return ProblemError(404, "not-found", "no such connection")
+
+
+def etag(issued: IssuedToken) -> bytes:
+    """The strong ETag of a token answer: its session version, quoted."""
+    return b'"' + issued.session_version.encode() + b'"'
 
 
 def _token_response(runtime: Runtime, issued: IssuedToken) -> Response:
     # A prebuilt body: the routes still declare response_model=TokenOut, so
     # the OpenAPI document is unchanged.
     return Response(
-        token_json(issued, runtime.settings.workfront_url), media_type="application/json"
+        token_json(issued, runtime.settings.workfront_url),
+        media_type="application/json",
+        headers={"ETag": etag(issued).decode()},
     )
 
 
-async def issue(runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None) -> Response:
+async def issue(
+    runtime: Runtime,
+    connection_id: uuid.UUID,
+    *,
+    min_ttl: int | None,
+    if_match: frozenset[str] | None = None,
+) -> Response:
     """The token (min_ttl set) or forced-refresh answer; a ProblemError for the rest."""
-    return _token_response(runtime, await issue_token(runtime, connection_id, min_ttl=min_ttl))
+    return _token_response(
+        runtime, await issue_token(runtime, connection_id, min_ttl=min_ttl, if_match=if_match)
+    )
 
 
 async def issue_token(
-    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
+    runtime: Runtime,
+    connection_id: uuid.UUID,
+    *,
+    min_ttl: int | None,
+    if_match: frozenset[str] | None = None,
 ) -> IssuedToken:
-    """The session to answer with (counted in the metrics); a ProblemError for the rest."""
+    """The session to answer with (counted in the metrics); a ProblemError for the rest.
+
+    ``min_ttl`` None: a forced refresh, conditional on ``if_match`` when given.
+    """
     kind = "token" if min_ttl is not None else "refresh"
     outcome = "error"
     try:
-        token = await _issue_unmetered(runtime, connection_id, min_ttl=min_ttl)
+        token = await _issue_unmetered(runtime, connection_id, min_ttl=min_ttl, if_match=if_match)
         outcome = "ok"
         return token
     except ProblemError as exc:
@@ -63,11 +119,15 @@ async def issue_token(
 
 
 async def _issue_unmetered(
-    runtime: Runtime, connection_id: uuid.UUID, *, min_ttl: int | None
+    runtime: Runtime,
+    connection_id: uuid.UUID,
+    *,
+    min_ttl: int | None,
+    if_match: frozenset[str] | None,
 ) -> IssuedToken:
     try:
         if min_ttl is None:
-            return await runtime.tokens.force_refresh(connection_id)
+            return await runtime.tokens.force_refresh(connection_id, if_match=if_match)
         return await runtime.tokens.get_token(connection_id, min_ttl=min_ttl)
     except ConnectionNotFound:
         raise not_found() from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -207,23 +208,40 @@ async def test_expires_in_zero_assumes_configured_lifetime(
     assert timedelta(seconds=ttl - 10) < expires_at - datetime.now(UTC) <= timedelta(seconds=ttl)
 
 
-async def test_forced_refreshes_just_after_a_refresh_are_debounced(
+async def test_forced_refreshes_without_if_match_go_upstream_once_per_interval(
     clean_db: None,
     emulator: Emulator,
     settings_for: Callable[..., Settings],
     db: asyncpg.Connection,
 ) -> None:
-    async with running_broker(settings_for(force_refresh_debounce_seconds=5), emulator) as broker:
-        connection_id = await broker.connect("debounced")
+    """A client forcing in a loop (no If-Match) costs one upstream refresh per
+    connection per BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS, not one per call."""
+    assert Settings.model_fields["force_refresh_min_interval_seconds"].default == 1
+    interval = 1.0
+    settings = settings_for(force_refresh_min_interval_seconds=interval)
+    async with running_broker(settings, emulator) as broker:
+        connections = [await broker.connect(f"forcing-{n}") for n in range(3)]
         headers = await broker.api_key("tokens:read")
         await db.execute("UPDATE connections SET last_refreshed_at = now() - interval '1 minute'")
-        url = f"/v1/connections/{connection_id}/refresh"
-        first = await broker.client.post(url, headers=headers)
-        # A straggler that saw the same rejected session, a moment later.
-        second = await broker.client.post(url, headers=headers)
-        assert first.status_code == second.status_code == 200
-        assert first.json()["session_id"] == second.json()["session_id"]
-    assert len(await refresh_requests(emulator)) == 1
+        started = time.monotonic()
+        calls = 0
+        sessions: set[str] = set()
+        while time.monotonic() - started < 2.5:
+            for connection_id in connections:
+                answer = await broker.client.post(
+                    f"/v1/connections/{connection_id}/refresh", headers=headers
+                )
+                assert answer.status_code == 200, answer.text
+                sessions.add(answer.json()["session_id"])
+                calls += 1
+        elapsed = time.monotonic() - started
+    refreshes = len(await refresh_requests(emulator))
+    assert calls > 30
+    # At most one per connection per interval begun (the first one at once).
+    assert len(connections) <= refreshes <= len(connections) * (int(elapsed / interval) + 1)
+    # Every call was answered with a session one of those refreshes produced.
+    assert len(sessions) == refreshes
+    assert await emulator.presented_twice() == []
 
 
 async def test_a_forced_caller_does_not_spin_on_a_flight_that_just_finished(

@@ -43,7 +43,7 @@ def make_settings(
         "upstream_timeout_seconds": 3,
         # Off unless a test is about them: other tests count upstream calls exactly.
         "refresher_enabled": False,
-        "force_refresh_debounce_seconds": 0,
+        "force_refresh_min_interval_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

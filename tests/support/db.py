@@ -115,9 +115,14 @@ async def count(db: asyncpg.Connection, table: str) -> int:
 
 
 async def expire_soon(db: asyncpg.Connection, connection_id: uuid.UUID, seconds: float) -> None:
-    """The connection's session expires ``seconds`` from now (in the past when negative)."""
+    """The connection's session expires ``seconds`` from now (in the past when negative).
+
+    As if it were an ordinary session of 1800 s that aged, not a short one:
+    the broker reads a session's lifetime from when it was obtained.
+    """
     await db.execute(
-        "UPDATE connections SET expires_at = $2 WHERE id = $1",
+        "UPDATE connections SET expires_at = $2,"
+        " last_refreshed_at = $2::timestamptz - interval '1800 seconds' WHERE id = $1",
         connection_id,
         datetime.now(UTC) + timedelta(seconds=seconds),
     )

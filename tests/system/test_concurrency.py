@@ -30,7 +30,7 @@ async def test_two_processes_share_one_refresh(
         log_dir=tmp_path,
         # Stragglers of the forced round that arrive after its refresh
         # committed share it too, however the 50 requests spread out.
-        extra_env={"BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "30"},
+        extra_env={"BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS": "30"},
     ) as urls:
         await expire_soon(db, connection_id, 10)
         await broker.emulator.configure(latency_ms=300)
@@ -47,7 +47,7 @@ async def test_two_processes_share_one_refresh(
             assert len({r.json()["session_id"] for r in responses}) == 1
             assert len(await refresh_requests(broker.emulator)) == 1
 
-            # Past the forced-refresh debounce, so the forced round refreshes.
+            # Past the forced-refresh minimum interval, so the forced round refreshes.
             await db.execute("UPDATE connections SET last_refreshed_at = now() - interval '1 hour'")
             forced = await asyncio.gather(
                 *(

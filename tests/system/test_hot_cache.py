@@ -106,8 +106,8 @@ async def test_needs_reauth_stops_on_every_replica_within_a_second(
             settings=broker.settings,
             log_dir=tmp_path,
             # The connection was just made: without this the forced refresh
-            # would be debounced and never reach Workfront.
-            extra_env={"BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "0"},
+            # would be held back by the minimum interval and never reach Workfront.
+            extra_env={"BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS": "0"},
         ) as urls,
         httpx.AsyncClient(timeout=10) as client,
     ):

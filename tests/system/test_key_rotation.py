@@ -67,7 +67,7 @@ async def test_keys_rotate_under_load_on_two_replicas_then_the_old_key_goes(
     assert await _key_ids_in_use(db) == {"k1"}
 
     # Step 1 (already rolled out): every replica has k2 first, k1 after it.
-    env = {"BROKER_ENCRYPTION_KEYS": both, "BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "0"}
+    env = {"BROKER_ENCRYPTION_KEYS": both, "BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS": "0"}
     async with serve_processes(
         2, database_url=database_url, settings=broker.settings, log_dir=tmp_path, extra_env=env
     ) as urls:

@@ -76,7 +76,7 @@ async def test_serve_writes_json_lines_with_context_and_no_secret(
         "BROKER_LOG_LEVEL": "DEBUG",
         "BROKER_LOG_FORMAT": "json",
         "BROKER_ALLOWED_RETURN_URLS": RETURN_PREFIX,
-        "BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "0",  # bob was connected just now
+        "BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS": "0",  # bob was connected just now
     }
     async with (
         serve_processes(

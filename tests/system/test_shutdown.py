@@ -47,7 +47,7 @@ async def test_sigterm_lets_a_refresh_at_workfront_commit_and_refuses_new_reques
         broker.settings,
         database_url,
         tmp_path / "serve.log",
-        BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS="0",
+        BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS="0",
         BROKER_LOG_FORMAT="text",
     ) as (process, url):
         await broker.emulator.configure(latency_ms=1500)
@@ -90,7 +90,7 @@ async def test_sigterm_gives_up_a_refresh_stuck_on_the_row_lock_in_bounded_time(
         broker.settings,
         database_url,
         tmp_path / "serve.log",
-        BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS="0",
+        BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS="0",
         BROKER_LOCK_TIMEOUT_SECONDS="120",
         BROKER_SHUTDOWN_TIMEOUT_SECONDS="1",
     ) as (process, url):

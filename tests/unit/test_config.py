@@ -262,6 +262,18 @@ def test_turning_the_state_check_off_warns_loudly(
     assert all("CSRF" in line for line in said)
 
 
+def test_the_retired_debounce_variable_says_what_replaced_it(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    _set(env, {**good_values(), "BROKER_FORCE_REFRESH_DEBOUNCE_SECONDS": "5"})
+    with caplog.at_level(logging.WARNING, logger="service.config"):
+        settings = load_settings()
+    said = [r.getMessage() for r in caplog.records if "DEBOUNCE" in r.getMessage()]
+    assert len(said) == 1
+    assert "BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS" in said[0]
+    assert settings.force_refresh_min_interval_seconds == 1
+
+
 def test_strong_secrets_start_without_a_warning(
     env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy import select
 
 from service.db.models import Connection
@@ -26,6 +26,7 @@ from service.web.token_answers import (
     TOKEN_PATH,
     issue,
     not_found,
+    parse_if_match,
 )
 
 router = APIRouter(prefix="/v1/connections", tags=["connections"])
@@ -37,13 +38,36 @@ _TOKEN_ERRORS: ResponsesDoc = {
     409: problem_doc(409, "The connection needs re-authorization (type ends with needs-reauth)."),
     503: problem_doc(503, "Workfront unreachable and no usable session; see Retry-After."),
 }
+_TOKEN_ANSWER: ResponsesDoc = {
+    200: {
+        "description": "A live session.",
+        "headers": {
+            "ETag": {
+                "description": (
+                    "Strong entity tag of this session (`session_version`, quoted): send it"
+                    " as `If-Match` to force a refresh only if this session is still the"
+                    " connection's."
+                ),
+                "schema": {"type": "string", "examples": ['"7"']},
+            }
+        },
+    },
+    **_TOKEN_ERRORS,
+}
 
 
 @router.get(
     TOKEN_PATH.removeprefix(router.prefix),
     summary="Get a live Workfront sessionID",
+    description=(
+        "Refreshes first when fewer than `min_ttl` seconds remain; concurrent callers"
+        " share one refresh. A `min_ttl` beyond what a fresh session offers is answered"
+        " with the freshest session (one younger than the refresh-ahead margin), so it"
+        " refreshes once per session, never once per read: `expires_at` says how much"
+        " life the session really has."
+    ),
     response_model=TokenOut,
-    responses=_TOKEN_ERRORS,
+    responses=_TOKEN_ANSWER,
 )
 async def get_token(
     connection_id: uuid.UUID,
@@ -64,11 +88,37 @@ async def get_token(
 @router.post(
     "/{connection_id}/refresh",
     summary="Force a refresh (the caller saw the session rejected)",
+    description=(
+        "For a caller whose Workfront call was rejected. Send the rejected session's"
+        " `ETag` as `If-Match`: the broker refreshes only if the connection still holds"
+        " that session, and otherwise answers the newer one at once, with no call to"
+        " Workfront, so a hundred callers who saw one session die cause one refresh."
+        " Without `If-Match`, a connection is refreshed upstream at most once per"
+        " `BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS` (default 1); later forced callers"
+        " in that interval get the session it produced. Concurrent forced refreshes of"
+        " one connection share one upstream call either way."
+    ),
     response_model=TokenOut,
-    responses=_TOKEN_ERRORS,
+    responses=_TOKEN_ANSWER,
 )
-async def refresh_token(connection_id: uuid.UUID, runtime: RuntimeDep, _: TokensReader) -> Response:
-    return await issue(runtime, connection_id, min_ttl=None)
+async def refresh_token(
+    connection_id: uuid.UUID,
+    runtime: RuntimeDep,
+    _: TokensReader,
+    if_match: Annotated[
+        str | None,
+        Header(
+            alias="If-Match",
+            max_length=1000,
+            description=(
+                "The `ETag` of the session the caller saw rejected: refresh only if"
+                " the connection still holds it."
+            ),
+            examples=['"7"'],
+        ),
+    ] = None,
+) -> Response:
+    return await issue(runtime, connection_id, min_ttl=None, if_match=parse_if_match(if_match))
 
 
 @router.get(

@@ -10,7 +10,7 @@ import pytest
 from service.clock import now_utc
 from service.config import Settings
 from service.crypto import generate_key
-from service.tokens.schedule import RefreshSchedule
+from service.tokens.schedule import RefreshSchedule, needed_ttl
 
 
 def _schedule(**overrides: Any) -> RefreshSchedule:
@@ -54,3 +54,21 @@ def test_backoff_is_never_sooner_than_retry_after() -> None:
     schedule = _schedule(retry_base_seconds=5, retry_max_seconds=300)
     before = now_utc()
     assert (schedule.retry_at(1, 900.0) - before).total_seconds() >= 900 - 0.1
+
+
+@pytest.mark.parametrize(
+    ("min_ttl", "lifetime", "needed"),
+    [
+        (60, 1800, 60),  # an ordinary ask is honoured exactly
+        (1500, 1800, 1500),
+        (1800, 1800, 1500),  # more than a fresh session offers: the freshest
+        (86_400, 1800, 1500),
+        (86_400, 3600, 3300),  # Workfront said 3600: what a refresh gives counts
+        (60, 60, 30),  # short sessions: fresh for half their life
+        (0, 1800, 0),
+    ],
+)
+def test_needed_ttl_never_exceeds_what_a_refresh_gives(
+    min_ttl: int, lifetime: float, needed: float
+) -> None:
+    assert needed_ttl(min_ttl, lifetime=lifetime, ahead=300) == needed
