@@ -92,11 +92,18 @@ class Settings(BaseSettings):
     # Not in the contract's table but needed by an operator: how long one
     # upstream call may take, and how long a refresh may wait for the row lock.
     upstream_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # A refresh's call to the token endpoint may take longer: given up after
+    # Workfront completed it, the rotated refresh token is lost and the user
+    # must sign in again, which is worse than waiting. The row lock (and the
+    # refresher's lease) cover the wait; callers bound theirs with their own
+    # timeout (the refresh carries on without them).
+    refresh_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
     lock_timeout_seconds: float = Field(default=30.0, gt=0, le=300)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # On SIGTERM: how long requests in flight may take before they are
     # cancelled. Refreshes that already presented a refresh token are then
-    # given up to 2 x BROKER_UPSTREAM_TIMEOUT_SECONDS more to commit it.
+    # given as long as their upstream call may take (refresh_call_ceiling_seconds)
+    # and 5 s more to commit it.
     shutdown_timeout_seconds: int = Field(default=10, ge=0, le=300)
     # A connection whose request headers are not in this long after its first
     # byte (or after connecting) is closed: silent and slowloris sockets.
@@ -264,6 +271,12 @@ class Settings(BaseSettings):
                 " cannot send state back"
             )
         return risky
+
+    @property
+    def refresh_call_ceiling_seconds(self) -> float:
+        """The longest one refresh's call to Workfront can take (connect and
+        answer): what shutdown waits for and the refresher's lease outlasts."""
+        return max(2 * self.upstream_timeout_seconds, self.refresh_timeout_seconds)
 
     @property
     def return_url_prefixes(self) -> list[str]:

@@ -63,11 +63,11 @@ class Presenting:
 
 class Flights:
     def __init__(
-        self, run: RefreshRun, *, presenting: Presenting, upstream_timeout_seconds: float
+        self, run: RefreshRun, *, presenting: Presenting, refresh_call_ceiling_seconds: float
     ) -> None:
         self._run = run
         self._presenting = presenting
-        self._upstream_timeout = upstream_timeout_seconds
+        self._call_ceiling = refresh_call_ceiling_seconds
         self._flights: dict[uuid.UUID, Flight] = {}
 
     def __contains__(self, connection_id: uuid.UUID) -> bool:
@@ -128,8 +128,8 @@ class Flights:
         pool slot or the row lock) is cancelled: its transaction rolls back and
         Workfront never saw it. One that has presented it holds the rotated
         token in memory until it commits, so it is waited for, as long as one
-        upstream call can take (the Workfront client's ceiling, twice the
-        upstream timeout), and only then cancelled.
+        refresh's upstream call can take (Settings.refresh_call_ceiling_seconds),
+        and only then cancelled.
         """
         for flight in list(self._flights.values()):
             if flight.task not in self._presenting:
@@ -137,7 +137,7 @@ class Flights:
         waiting = [flight.task for flight in self._flights.values()]
         if not waiting:
             return
-        within = 2 * self._upstream_timeout + 5
+        within = self._call_ceiling + 5
         _, late = await asyncio.wait(waiting, timeout=within)
         for task in late:
             log.error("shutdown: a refresh still at Workfront or storing its answer was abandoned")

@@ -52,7 +52,7 @@ class TokenIssuer:
         self.flights = Flights(
             Refresh(parts, self.presenting).run,
             presenting=self.presenting,
-            upstream_timeout_seconds=parts.settings.upstream_timeout_seconds,
+            refresh_call_ceiling_seconds=parts.settings.refresh_call_ceiling_seconds,
         )
 
     async def get_token(

@@ -70,11 +70,16 @@ class Refresher:
         self._tokens = tokens
         # The lease must outlive one refresh, so a slow one is not claimed
         # again meanwhile: a wait for a pooled connection (up to 10 s) and for
-        # the row lock, the upstream call (up to 2 x its timeout), storing the
-        # answer again if the locked connection failed (as long again; the
-        # row is unlocked then), and 10 s for rollbacks and closes between.
+        # the row lock, the upstream call (its ceiling), storing the answer
+        # again if the locked connection failed (up to 2 x the upstream
+        # timeout; the row is unlocked then), and 10 s for rollbacks and
+        # closes between.
         self._lease_seconds = max(
-            60.0, settings.lock_timeout_seconds + 4 * settings.upstream_timeout_seconds + 20
+            60.0,
+            settings.lock_timeout_seconds
+            + settings.refresh_call_ceiling_seconds
+            + 2 * settings.upstream_timeout_seconds
+            + 20,
         )
         # Claimed connections waiting for a worker; refresher_concurrency
         # workers take them one at a time.

@@ -92,6 +92,15 @@ class WorkfrontClient:
         basic = base64.b64encode(f"{settings.client_id}:{secret}".encode()).decode()
         # Built once: per-request auth objects cost more than the request.
         self._basic_auth = {"Authorization": f"Basic {basic}"}
+        # A refresh waits longer for its answer than other calls (see
+        # Settings.refresh_timeout_seconds); connecting is bounded as for any call.
+        upstream = settings.upstream_timeout_seconds
+        self._refresh_timeout = aiohttp.ClientTimeout(
+            total=settings.refresh_call_ceiling_seconds,
+            connect=upstream,
+            sock_connect=min(upstream, 5.0),
+            sock_read=max(upstream, settings.refresh_timeout_seconds),
+        )
 
     @classmethod
     @asynccontextmanager
@@ -144,13 +153,22 @@ class WorkfrontClient:
             # The documented form-style refresh carries redirect_uri too.
             fields["redirect_uri"] = self._settings.redirect_uri
         return await self._token_request(
-            fields, secret=refresh_token, previous_refresh_token=refresh_token
+            fields,
+            secret=refresh_token,
+            previous_refresh_token=refresh_token,
+            call_timeout=self._refresh_timeout,
         )
 
     async def _token_request(
-        self, fields: dict[str, str], *, secret: str, previous_refresh_token: str | None
+        self,
+        fields: dict[str, str],
+        *,
+        secret: str,
+        previous_refresh_token: str | None,
+        call_timeout: aiohttp.ClientTimeout | None = None,
     ) -> TokenSet:
         client_secret = self._settings.client_secret.get_secret_value()
+        per_call: dict[str, Any] = {} if call_timeout is None else {"timeout": call_timeout}
         started = time.monotonic()
         try:
             if self._settings.token_auth == "basic_json":
@@ -160,6 +178,7 @@ class WorkfrontClient:
                     what="token endpoint",
                     data=json.dumps(fields).encode(),
                     headers={**self._basic_auth, "Content-Type": "application/json"},
+                    **per_call,
                 )
             else:
                 form = {
@@ -168,7 +187,7 @@ class WorkfrontClient:
                     "client_secret": client_secret,
                 }
                 response = await self._call(
-                    "POST", self._token_url, what="token endpoint", data=form
+                    "POST", self._token_url, what="token endpoint", data=form, **per_call
                 )
         finally:
             UPSTREAM_LATENCY.labels(call="token").observe(time.monotonic() - started)

@@ -54,9 +54,9 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
     """One aiohttp session for the broker's life, closed on the way out."""
     timeout = settings.upstream_timeout_seconds
     session = aiohttp.ClientSession(
-        # A hard ceiling on one call (TokenIssuer.drain waits this long for a
-        # refresh that presented its token), within it connect (pool wait
-        # included) and each read bounded separately.
+        # A hard ceiling on one call, within it connect (pool wait included)
+        # and each read bounded separately. A refresh's call has a longer one
+        # of its own (WorkfrontClient.refresh).
         timeout=aiohttp.ClientTimeout(
             total=2 * timeout,
             connect=timeout,

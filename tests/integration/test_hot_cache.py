@@ -19,6 +19,7 @@ from service.config import Settings
 from service.hotcache import HotCache
 from service.web.schemas import TokenOut
 from tests.support.broker import BrokerHarness, running_broker
+from tests.support.db import expire_soon
 from tests.support.emulator import Emulator
 
 
@@ -94,10 +95,11 @@ async def test_cached_session_is_not_served_below_min_ttl(
     connection_id = await broker.connect("picky")
     headers = await broker.api_key("tokens:read")
     url = f"/v1/connections/{connection_id}/token"
+    await expire_soon(db, connection_id, 1400)  # an 1800 s session, aged 400 s
     warm = await broker.client.get(url, headers=headers)
-    # The stored session has about BROKER_SESSION_TTL_SECONDS (1800) left; asking
-    # for more must refresh even though memory holds a session.
-    more = await broker.client.get(url, params={"min_ttl": 3600}, headers=headers)
+    # The session in memory has about 1400 s left; asking for more (that a
+    # refresh can give) must refresh even though memory holds a session.
+    more = await broker.client.get(url, params={"min_ttl": 1450}, headers=headers)
     assert more.status_code == 200
     assert more.json()["session_id"] != warm.json()["session_id"]
     refreshes = [r for r in await broker.emulator.requests() if r["grant_type"] == "refresh_token"]

@@ -61,3 +61,40 @@ async def test_two_processes_share_one_refresh(
     assert len(await refresh_requests(broker.emulator)) == 2
     assert await broker.emulator.presented_twice() == []
     assert (await broker.emulator.stats())["reuse_detected"] == 0
+
+
+async def test_a_token_endpoint_slower_than_the_upstream_timeout_keeps_the_chain(
+    broker: BrokerHarness,
+    db: asyncpg.Connection,
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """Workfront's token endpoint answering in 12 s, past the 10 s upstream
+    timeout: a refresh waits for it (giving up would lose the rotated token),
+    the other replica waits on the row lock, one upstream call serves both."""
+    connection_id = await broker.connect("slow")
+    headers = await broker.api_key("tokens:read")
+    async with serve_processes(
+        2, database_url=database_url, settings=broker.settings, log_dir=tmp_path
+    ) as urls:
+        await expire_soon(db, connection_id, 10)
+        await broker.emulator.configure(latency_ms=12_000)
+        path = f"/v1/connections/{connection_id}/token"
+        async with httpx.AsyncClient(timeout=40) as client:
+            first = asyncio.create_task(client.get(f"{urls[0]}{path}", headers=headers))
+            await asyncio.sleep(1)  # replica 0 is at Workfront; replica 1 waits on the lock
+            second = await client.get(f"{urls[1]}{path}", headers=headers)
+            answers = [await first, second]
+            assert [answer.status_code for answer in answers] == [200, 200], answers[1].text
+            assert answers[0].json() == answers[1].json()
+            assert len(await refresh_requests(broker.emulator)) == 1
+            # The chain is alive: the next refresh presents the stored (rotated) token.
+            await broker.emulator.configure(latency_ms=0)
+            forced = await client.post(
+                f"{urls[1]}/v1/connections/{connection_id}/refresh",
+                headers={**headers, "If-Match": answers[0].headers["etag"]},
+            )
+            assert forced.status_code == 200, forced.text
+    assert len(await refresh_requests(broker.emulator)) == 2
+    assert await broker.emulator.presented_twice() == []
+    assert (await broker.emulator.stats())["reuse_detected"] == 0
