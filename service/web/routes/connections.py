@@ -21,6 +21,7 @@ from service.web.schemas import (
     TokenOut,
 )
 from service.web.token_answers import (
+    IF_MATCH_PATTERN,
     MIN_TTL_DEFAULT,
     MIN_TTL_MAX,
     TOKEN_PATH,
@@ -110,6 +111,7 @@ async def refresh_token(
         Header(
             alias="If-Match",
             max_length=1000,
+            pattern=IF_MATCH_PATTERN,
             description=(
                 "The `ETag` of the session the caller saw rejected: refresh only if"
                 " the connection still holds it."

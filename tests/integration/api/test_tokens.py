@@ -247,7 +247,7 @@ async def test_malformed_if_match_is_a_422_and_calls_nobody(
     tokens = await broker.api_key("tokens:read")
     answer = await _refresh(broker, connection_id, tokens, if_match)
     body = assert_problem(answer, 422, "invalid-request")
-    assert "If-Match" in body["detail"]
+    assert "If-Match" in str(body)
     assert (await broker.emulator.stats())["refreshes_ok"] == 0
 
 
