@@ -141,6 +141,17 @@ class Settings(BaseSettings):
     refresher_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     refresher_batch_size: int = Field(default=100, ge=1, le=10_000)
     refresher_concurrency: int = Field(default=8, ge=1, le=256)
+    # Refresh policy. Connections read or (re)connected within the keep-warm
+    # window are refreshed ahead of expiry, so readers never wait; idle ones
+    # only as often as their grant needs to stay alive (Workfront apps may set
+    # an inactivity expiry on refresh tokens), and on demand when read again
+    # (that first read pays one refresh). A huge keep-warm keeps all warm.
+    keep_warm_seconds: float = Field(default=7 * 86_400, ge=0, le=100 * 365 * 86_400)
+    keep_alive_seconds: float = Field(default=86_400, ge=60, le=365 * 86_400)
+    # How often each process writes down which connections it served (one
+    # statement for all of them; a connection at most once per
+    # usage_granularity_seconds, see service.tokens.usage).
+    usage_flush_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Spread of the refresh schedule: up to this fraction of
     # BROKER_REFRESH_AHEAD_SECONDS earlier, so connections made together do
     # not all come due in the same second.

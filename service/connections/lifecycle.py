@@ -61,6 +61,7 @@ class ConnectionLifecycle:
                         self._parts.sealer, self._parts.schedule, row.id, tokens, now_utc()
                     ).apply_to(row)
                     row.status = STATUS_ACTIVE
+                    row.last_used_at = now_utc()  # re-authorized: in use, kept warm
                     row.customer_id = user.customer_id
                     if external_ref is not None:
                         row.external_ref = external_ref
@@ -98,6 +99,7 @@ class ConnectionLifecycle:
             "status": STATUS_ACTIVE,
             "token_version": 1,
             "created_at": now,
+            "last_used_at": now,
             **columns.values(),
         }
         await db.execute(insert(Connection).values(**values))

@@ -72,6 +72,9 @@ class Connection(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     next_refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_refreshed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Last read (recorded in batches, service.tokens.usage) or (re)connected:
+    # whether the refresher keeps it warm or only keeps its grant alive.
+    last_used_at: Mapped[datetime] = _now_column()
     refresh_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_class: Mapped[str | None] = mapped_column(String(32))

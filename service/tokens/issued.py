@@ -40,6 +40,8 @@ class Ask:
     seen_version: int  # the token version the caller saw
     min_ttl: float  # seconds of life the caller needs
     forced: bool  # refresh even when the session still has min_ttl left
+    # Asked by the refresher, not a caller: not a use of the connection.
+    proactive: bool = False
 
 
 class ConnectionNotFound(Exception):

@@ -107,6 +107,7 @@ class TokenIssuer:
         Without it, at most one upstream refresh per connection per
         BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS.
         """
+        self.reads.usage.note(connection_id)
         if if_match is not None:
             return await self._refresh_if_current(connection_id, if_match)
         found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
@@ -160,7 +161,7 @@ class TokenIssuer:
         drain() waits for like any other. Its failure is logged here.
         """
         flight = await self.flights.flight(
-            connection_id, Ask(seen_version=seen_version, min_ttl=0, forced=True)
+            connection_id, Ask(seen_version=seen_version, min_ttl=0, forced=True, proactive=True)
         )
 
         def log_failure(task: asyncio.Task[IssuedToken]) -> None:

@@ -26,6 +26,7 @@ from service.hotcache import Entry, HotCache
 from service.metrics import HOT_CACHE_READS
 from service.tokens.issued import IssuedToken
 from service.tokens.sealing import TokenSealer
+from service.tokens.usage import UsageRecorder
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
 
@@ -61,6 +62,8 @@ class TokenReads:
         self.cache: HotCache[uuid.UUID, IssuedToken] = HotCache(
             seconds=settings.hot_cache_seconds, max_entries=settings.hot_cache_max_entries
         )
+        # Which connections are read (the refresher keeps those warm).
+        self.usage = UsageRecorder(settings)
 
     def cached(self, connection_id: uuid.UUID, min_ttl: int) -> IssuedToken | None:
         """A session from memory with at least ``min_ttl`` seconds left, or None."""
@@ -73,6 +76,7 @@ class TokenReads:
         """The row as a session (cached when active), its status when not active, or None."""
         started, changes = self.cache.read_marker()
         _SESSION_MISSES.inc()
+        self.usage.note(connection_id)
         # One indexed read of just these columns, in autocommit (no
         # BEGIN/ROLLBACK round trips), no ORM object.
         found = await read_one(self._reader, _TOKEN_READ, {"connection_id": connection_id})
@@ -104,6 +108,9 @@ class TokenReads:
         is quick, so requests are never held up for long.
         """
         served = self.cache.take_served()
+        # Reads answered from memory count as use too (noted here, once a
+        # round, rather than on the hot path).
+        self.usage.note_all(entry.key for entry in served)
         for start in range(0, len(served), _REVALIDATION_SLICE):
             await self._revalidate(served[start : start + _REVALIDATION_SLICE])
 

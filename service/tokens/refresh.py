@@ -198,7 +198,15 @@ class Refresh:
             write=TokenWrite(
                 connection_id=row.id,
                 from_version=row.token_version,
-                columns=seal_tokens(self._sealer, self._schedule, row.id, tokens, refreshed_at),
+                columns=seal_tokens(
+                    self._sealer,
+                    self._schedule,
+                    row.id,
+                    tokens,
+                    refreshed_at,
+                    # A caller's refresh is a use; the refresher's is not.
+                    last_used_at=row.last_used_at if ask.proactive else None,
+                ),
             ),
         )
 

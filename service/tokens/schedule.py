@@ -1,4 +1,5 @@
-"""When a connection is refreshed next: ahead of expiry, or after a failure.
+"""When a connection is refreshed next: ahead of expiry while it is in use,
+only to keep the grant alive while idle, or after a failure.
 
 Pure arithmetic over the settings (plus jitter), so the refresher's load and
 backoff can be reasoned about and tested without a database.
@@ -16,13 +17,29 @@ from service.config import Settings
 class RefreshSchedule:
     def __init__(self, settings: Settings) -> None:
         self._ahead = settings.refresh_ahead_seconds
+        self._keep_warm = timedelta(seconds=settings.keep_warm_seconds)
+        self._keep_alive = timedelta(seconds=settings.keep_alive_seconds)
         self._jitter_fraction = settings.refresh_jitter_fraction
         self._retry_base = settings.retry_base_seconds
         self._retry_max = settings.retry_max_seconds
 
-    def next_refresh_at(self, expires_at: datetime) -> datetime:
-        """When the refresher should renew: ahead of expiry, jittered earlier
-        so connections made together do not refresh together forever."""
+    def next_refresh_at(
+        self,
+        expires_at: datetime,
+        *,
+        refreshed_at: datetime,
+        last_used_at: datetime | None = None,
+    ) -> datetime:
+        """When the refresher should renew a session obtained at ``refreshed_at``.
+
+        In use (``last_used_at`` within BROKER_KEEP_WARM_SECONDS, or None: a
+        caller is asking right now): ahead of expiry, jittered earlier so
+        connections made together do not refresh together forever. Idle: once
+        BROKER_KEEP_ALIVE_SECONDS have passed, which keeps the grant alive; a
+        read before then refreshes on demand and makes it warm again.
+        """
+        if last_used_at is not None and refreshed_at - last_used_at > self._keep_warm:
+            return refreshed_at + self._keep_alive
         jitter = random.uniform(0, self._ahead * self._jitter_fraction)  # noqa: S311
         return expires_at - timedelta(seconds=self._ahead + jitter)
 

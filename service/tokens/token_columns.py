@@ -76,12 +76,18 @@ def seal_tokens(
     connection_id: uuid.UUID,
     tokens: TokenSet,
     now: datetime,
+    *,
+    last_used_at: datetime | None = None,
 ) -> TokenColumns:
+    """``last_used_at``: when the connection was last read, for a refresh the
+    refresher started (None: someone is using it now)."""
     return TokenColumns(
         access_token_enc=sealer.seal(connection_id, ACCESS, tokens.access_token),
         refresh_token_enc=sealer.seal(connection_id, REFRESH, tokens.refresh_token),
         expires_at=tokens.expires_at,
-        next_refresh_at=schedule.next_refresh_at(tokens.expires_at),
+        next_refresh_at=schedule.next_refresh_at(
+            tokens.expires_at, refreshed_at=now, last_used_at=last_used_at
+        ),
         refreshed_at=now,
         wid=tokens.wid or None,
     )

@@ -48,7 +48,7 @@ _ROLLBACK_TIMEOUT_SECONDS = 5.0
 _LOCK = """
     SELECT id, status, access_token_enc, refresh_token_enc, expires_at, next_refresh_at,
            token_version, user_id, external_ref, last_error_class, refresh_failures,
-           last_refreshed_at
+           last_refreshed_at, last_used_at
     FROM connections WHERE id = $1 FOR UPDATE
 """
 
@@ -112,6 +112,7 @@ class LockedRow:
     last_error_class: str | None
     refresh_failures: int
     last_refreshed_at: datetime | None
+    last_used_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

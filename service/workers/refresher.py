@@ -1,4 +1,5 @@
-"""The proactive refresher: renew sessions before they lapse, used or not.
+"""The proactive refresher: renew sessions in use before they lapse, and keep
+idle connections' grants alive.
 
 Every serve process runs one. Each round claims a batch of due connections
 with ``FOR UPDATE SKIP LOCKED`` and pushes their ``next_refresh_at`` forward
@@ -33,10 +34,16 @@ from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.refresher")  # pinned: operators filter on it
 
+# Due rows are claimed with a lease, except idle ones (nobody read them within
+# the keep-warm window) whose grant was kept alive recently enough: those are
+# only rescheduled to their keep-alive time, with no upstream call. (A row
+# scheduled ahead of expiry while warm comes here once after going idle.)
 _CLAIM = text(
     """
     WITH due AS (
-        SELECT id, next_refresh_at AS due_at
+        SELECT id, next_refresh_at AS due_at,
+            last_used_at < now() - make_interval(secs => :keep_warm)
+                AND last_refreshed_at > now() - make_interval(secs => :keep_alive) AS idle
         FROM connections
         WHERE status = 'active' AND next_refresh_at <= now()
         ORDER BY next_refresh_at
@@ -44,10 +51,13 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE connections AS c
-    SET next_refresh_at = now() + make_interval(secs => :lease)
+    SET next_refresh_at = CASE
+        WHEN due.idle THEN c.last_refreshed_at + make_interval(secs => :keep_alive)
+        ELSE now() + make_interval(secs => :lease)
+    END
     FROM due
     WHERE c.id = due.id
-    RETURNING c.id, c.token_version, due.due_at
+    RETURNING c.id, c.token_version, due.due_at, due.idle
     """
 )
 
@@ -114,13 +124,14 @@ class Refresher:
                 worker.cancel()
 
     async def run_once(self) -> int:
-        """One round: claim due connections and queue them; returns how many were claimed.
+        """One round: claim due connections and queue them; returns how many due
+        rows it took (claimed, or idle and only rescheduled).
 
         Returns once the queue is down to one claim per worker, not once the
         claims are done: the next batch is claimed while these are refreshed,
         so workers never idle waiting for a claim round.
         """
-        claims = await self._claim()
+        claims, rows = await self._claim()
         now = now_utc()
         for claim in claims:
             REFRESHER_LAG.observe(max(0.0, (now - claim.due_at).total_seconds()))
@@ -137,7 +148,7 @@ class Refresher:
         if time.monotonic() - self._gauges_at >= 1.0:
             self._gauges_at = time.monotonic()
             await self._update_gauges()
-        return len(claims)
+        return rows
 
     async def _wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
@@ -162,13 +173,23 @@ class Refresher:
                 self._busy -= 1
                 self._changed.set()
 
-    async def _claim(self) -> list[Claim]:
+    async def _claim(self) -> tuple[list[Claim], int]:
+        """The claims to refresh, and how many due rows the batch took (idle
+        ones rescheduled included)."""
         async with self._database() as db, db.begin():
-            rows = await db.execute(
+            result = await db.execute(
                 _CLAIM,
-                {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
+                {
+                    "batch": self._settings.refresher_batch_size,
+                    "lease": self._lease_seconds,
+                    "keep_warm": self._settings.keep_warm_seconds,
+                    "keep_alive": self._settings.keep_alive_seconds,
+                },
             )
-            return [Claim(row.id, row.token_version, row.due_at) for row in rows]
+            rows = result.all()
+            claims = [Claim(row.id, row.token_version, row.due_at) for row in rows if not row.idle]
+            # The batch counts idle rows too: a full one means more may be due.
+            return claims, len(rows)
 
     async def _refresh(self, claim: Claim) -> None:
         CONNECTION_ID.set(str(claim.connection_id))  # each worker is its own task

@@ -10,6 +10,7 @@ from service.runtime import Runtime
 from service.workers.cache_revalidation import run_cache_revalidation
 from service.workers.refresher import Refresher
 from service.workers.retention import run_retention
+from service.workers.usage import run_usage_recording
 from service.workers.webhooks import WebhookDeliverer
 
 
@@ -47,6 +48,10 @@ def start_workers(runtime: Runtime) -> Workers:
             settings=settings, database=runtime.database, http=runtime.http
         )
         workers.starting_work.append(asyncio.create_task(deliverer.run(), name="webhooks"))
+    usage = run_usage_recording(
+        runtime.tokens.reads.usage, runtime.reader, flush_seconds=settings.usage_flush_seconds
+    )
+    workers.serving.append(asyncio.create_task(usage, name="usage"))
     if settings.hot_cache_seconds > 0:
         revalidation = run_cache_revalidation(
             runtime.authenticator, runtime.tokens, cache_seconds=settings.hot_cache_seconds

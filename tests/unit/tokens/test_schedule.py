@@ -26,11 +26,12 @@ def _schedule(**overrides: Any) -> RefreshSchedule:
 
 
 EXPIRES = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+OBTAINED = EXPIRES - timedelta(seconds=1800)
 
 
 def test_next_refresh_is_ahead_of_expiry_within_the_jitter() -> None:
     schedule = _schedule(refresh_ahead_seconds=300, refresh_jitter_fraction=0.2)
-    seen = {schedule.next_refresh_at(EXPIRES) for _ in range(200)}
+    seen = {schedule.next_refresh_at(EXPIRES, refreshed_at=OBTAINED) for _ in range(200)}
     latest, earliest = EXPIRES - timedelta(seconds=300), EXPIRES - timedelta(seconds=360)
     assert all(earliest <= at <= latest for at in seen)
     assert len(seen) > 1  # jittered: connections made together spread out
@@ -38,7 +39,31 @@ def test_next_refresh_is_ahead_of_expiry_within_the_jitter() -> None:
 
 def test_no_jitter_refreshes_exactly_ahead() -> None:
     schedule = _schedule(refresh_ahead_seconds=120, refresh_jitter_fraction=0)
-    assert schedule.next_refresh_at(EXPIRES) == EXPIRES - timedelta(seconds=120)
+    assert schedule.next_refresh_at(EXPIRES, refreshed_at=OBTAINED) == EXPIRES - timedelta(
+        seconds=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("idle_for", "after"),
+    [
+        (None, timedelta(seconds=1500)),  # a caller is using it now: ahead of expiry
+        (timedelta(days=1), timedelta(seconds=1500)),  # read yesterday: still warm
+        (timedelta(days=7), timedelta(seconds=1500)),  # the window's edge is warm
+        (timedelta(days=7, seconds=1), timedelta(days=1)),  # idle: keep-alive only
+        (timedelta(days=300), timedelta(days=1)),
+    ],
+)
+def test_idle_connections_are_only_kept_alive(idle_for: timedelta | None, after: timedelta) -> None:
+    schedule = _schedule(
+        refresh_ahead_seconds=300,
+        refresh_jitter_fraction=0,
+        keep_warm_seconds=7 * 86400,
+        keep_alive_seconds=86400,
+    )
+    last_used = None if idle_for is None else OBTAINED - idle_for
+    due = schedule.next_refresh_at(EXPIRES, refreshed_at=OBTAINED, last_used_at=last_used)
+    assert due == OBTAINED + after
 
 
 @pytest.mark.parametrize(("failures", "ceiling"), [(1, 10.0), (2, 20.0), (3, 40.0), (10, 300.0)])
