@@ -44,7 +44,7 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# The four benchmarks of docs/benchmarks.md (needs wrk from the OS packages;
+# The benchmarks of docs/benchmarks.md (needs wrk from the OS packages;
 # BROKER_BENCH_DATABASE_URL for an existing PostgreSQL, else an embedded one).
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run_all.py

@@ -1,4 +1,4 @@
-"""`make bench`: the four benchmarks in turn, then one table of every target.
+"""`make bench`: the benchmarks in turn, then one table of every target.
 
 Each benchmark is its own process (a failure in one still leaves the others'
 results). Everything printed is also written to docs/bench/output.txt, the
@@ -17,7 +17,14 @@ from pathlib import Path
 
 from common import PLOTS, REPO, RESULTS, WRK
 
-SCRIPTS = ("token_read.py", "herd.py", "refresh_throughput.py", "http_clients.py", "scale.py")
+SCRIPTS = (
+    "token_read.py",
+    "herd.py",
+    "refresh_throughput.py",
+    "http_clients.py",
+    "scale.py",
+    "refresh_economy.py",
+)
 
 
 def _machine() -> str:

@@ -33,25 +33,15 @@ from common import (
     verdict,
 )
 
+from service.workers.refresher import CLAIM_DUE
+
 COUNT = int(os.environ.get("BENCH_CONNECTIONS", "100000"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 
-_CLAIM = """
-EXPLAIN (ANALYZE, FORMAT JSON)
-WITH due AS (
-    SELECT id, next_refresh_at AS due_at
-    FROM connections
-    WHERE status = 'active' AND next_refresh_at <= now()
-    ORDER BY next_refresh_at
-    LIMIT 100
-    FOR UPDATE SKIP LOCKED
+# The refresher's own claim query, with its batch and lease as literals.
+_CLAIM = "EXPLAIN (ANALYZE, FORMAT JSON)" + CLAIM_DUE.text.replace(":batch", "100").replace(
+    ":lease", "60"
 )
-UPDATE connections AS c
-SET next_refresh_at = now() + make_interval(secs => 60)
-FROM due
-WHERE c.id = due.id
-RETURNING c.id, c.token_version, due.due_at
-"""
 
 
 def _sample_rss(pid: int, until: float, samples: list[float]) -> None:

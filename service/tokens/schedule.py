@@ -38,10 +38,28 @@ class RefreshSchedule:
         BROKER_KEEP_ALIVE_SECONDS have passed, which keeps the grant alive; a
         read before then refreshes on demand and makes it warm again.
         """
-        if last_used_at is not None and refreshed_at - last_used_at > self._keep_warm:
+        if last_used_at is not None and self.idle(last_used_at, at=refreshed_at):
             return refreshed_at + self._keep_alive
         jitter = random.uniform(0, self._ahead * self._jitter_fraction)  # noqa: S311
         return expires_at - timedelta(seconds=self._ahead + jitter)
+
+    def idle(self, last_used_at: datetime, *, at: datetime) -> bool:
+        """Nobody used the connection within BROKER_KEEP_WARM_SECONDS before ``at``."""
+        return at - last_used_at > self._keep_warm
+
+    def kept_alive_until(
+        self, *, now: datetime, last_used_at: datetime, last_refreshed_at: datetime | None
+    ) -> datetime | None:
+        """For a connection come due: None to refresh it now, or, for an idle one
+        whose grant was renewed recently enough, when its keep-alive refresh is due.
+
+        (A connection scheduled ahead of expiry while warm comes due once more
+        after going idle; it is only rescheduled.)
+        """
+        if not self.idle(last_used_at, at=now) or last_refreshed_at is None:
+            return None
+        due = last_refreshed_at + self._keep_alive
+        return due if due > now else None
 
     def retry_at(self, failures: int, retry_after: float | None) -> datetime:
         """Exponential backoff with full jitter, never sooner than Retry-After."""

@@ -4,7 +4,6 @@ outcomes mapped to the answer, the metrics, and the read's parameters."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Final
 
@@ -29,33 +28,25 @@ MIN_TTL_DEFAULT = 60
 MIN_TTL_MAX = 86_400
 
 
-# RFC 9110's If-Match: "*", or a list of entity tags (optional W/, then a
-# quoted string of etagc). The route declares the pattern, so the OpenAPI
-# document says exactly what is accepted.
-_TAG = r'(W/)?"([\x21\x23-\x7e]*)"'
-IF_MATCH_PATTERN = rf"^[ \t]*(\*|{_TAG}([ \t]*,[ \t]*{_TAG})*)[ \t]*$"
-_IF_MATCH = re.compile(IF_MATCH_PATTERN)
-_TAGS = re.compile(_TAG)
-
-
 def parse_if_match(header: str | None) -> frozenset[str] | None:
-    """The session versions an If-Match names (its strong tags' values), or
-    None when there is no condition (absent, or ``*``).
+    """The session versions an If-Match names, or None when there is no
+    condition (absent, or ``*``).
 
-    A weak tag never matches (If-Match compares strongly), so it is left out;
-    a header that is not a list of entity tags is a 422.
+    RFC 9110's list of entity tags: a weak tag (``W/"7"``) never matches,
+    since If-Match compares strongly. Read leniently otherwise: a bare ``7``
+    (a client that dropped the quotes) names version 7, and anything else
+    names no session, so the broker answers the current one without a
+    refresh, the safe outcome for a condition it cannot read.
     """
-    if header is None:
+    if header is None or header.strip(" \t") == "*":
         return None
-    if _IF_MATCH.fullmatch(header) is None:
-        raise ProblemError(
-            422,
-            "invalid-request",
-            'If-Match must be "*" or a list of entity tags, as the ETag of a token answer',
-        )
-    if header.strip(" \t") == "*":
-        return None
-    return frozenset(value for weak, value in _TAGS.findall(header) if not weak)
+    versions = set()
+    for member in header.split(","):
+        tag = member.strip(" \t")
+        if tag.startswith("W/"):
+            continue
+        versions.add(tag[1:-1] if len(tag) >= 2 and tag[0] == tag[-1] == '"' else tag)
+    return frozenset(versions)
 
 
 def not_found() -> ProblemError:

@@ -30,20 +30,16 @@ from service.logs import CONNECTION_ID
 from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
 from service.tokens.issued import ConnectionNotFound, NeedsReauth, UpstreamUnavailable
 from service.tokens.issuer import TokenIssuer
+from service.tokens.schedule import RefreshSchedule
 from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.refresher")  # pinned: operators filter on it
 
-# Due rows are claimed with a lease, except idle ones (nobody read them within
-# the keep-warm window) whose grant was kept alive recently enough: those are
-# only rescheduled to their keep-alive time, with no upstream call. (A row
-# scheduled ahead of expiry while warm comes here once after going idle.)
-_CLAIM = text(
+# Also timed at 100,000 rows by bench/scale.py.
+CLAIM_DUE = text(
     """
     WITH due AS (
-        SELECT id, next_refresh_at AS due_at,
-            last_used_at < now() - make_interval(secs => :keep_warm)
-                AND last_refreshed_at > now() - make_interval(secs => :keep_alive) AS idle
+        SELECT id, next_refresh_at AS due_at
         FROM connections
         WHERE status = 'active' AND next_refresh_at <= now()
         ORDER BY next_refresh_at
@@ -51,13 +47,20 @@ _CLAIM = text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE connections AS c
-    SET next_refresh_at = CASE
-        WHEN due.idle THEN c.last_refreshed_at + make_interval(secs => :keep_alive)
-        ELSE now() + make_interval(secs => :lease)
-    END
+    SET next_refresh_at = now() + make_interval(secs => :lease)
     FROM due
     WHERE c.id = due.id
-    RETURNING c.id, c.token_version, due.due_at, due.idle
+    RETURNING c.id, c.token_version, due.due_at, c.last_used_at, c.last_refreshed_at,
+        now() AS db_now
+    """
+)
+
+# Idle claims whose grant needs no renewal yet: only their next due time moves.
+_RESCHEDULE = text(
+    """
+    UPDATE connections AS c SET next_refresh_at = v.at
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS v (id, at)
+    WHERE c.id = v.id
     """
 )
 
@@ -78,6 +81,7 @@ class Refresher:
         self._settings = settings
         self._database = database
         self._tokens = tokens
+        self._schedule = RefreshSchedule(settings)
         # The lease must outlive one refresh, so a slow one is not claimed
         # again meanwhile: a wait for a pooled connection (up to 10 s) and for
         # the row lock, the upstream call (its ceiling), storing the answer
@@ -178,16 +182,25 @@ class Refresher:
         ones rescheduled included)."""
         async with self._database() as db, db.begin():
             result = await db.execute(
-                _CLAIM,
-                {
-                    "batch": self._settings.refresher_batch_size,
-                    "lease": self._lease_seconds,
-                    "keep_warm": self._settings.keep_warm_seconds,
-                    "keep_alive": self._settings.keep_alive_seconds,
-                },
+                CLAIM_DUE,
+                {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
             )
             rows = result.all()
-            claims = [Claim(row.id, row.token_version, row.due_at) for row in rows if not row.idle]
+            claims: list[Claim] = []
+            later: dict[uuid.UUID, datetime] = {}
+            for row in rows:
+                # The schedule decides (service.tokens.schedule), on the database's clock.
+                until = self._schedule.kept_alive_until(
+                    now=row.db_now,
+                    last_used_at=row.last_used_at,
+                    last_refreshed_at=row.last_refreshed_at,
+                )
+                if until is None:
+                    claims.append(Claim(row.id, row.token_version, row.due_at))
+                else:
+                    later[row.id] = until
+            if later:
+                await db.execute(_RESCHEDULE, {"ids": list(later), "ats": list(later.values())})
             # The batch counts idle rows too: a full one means more may be due.
             return claims, len(rows)
 

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import WithJsonSchema
 from sqlalchemy import select
 
 from service.db.models import Connection
@@ -21,7 +22,6 @@ from service.web.schemas import (
     TokenOut,
 )
 from service.web.token_answers import (
-    IF_MATCH_PATTERN,
     MIN_TTL_DEFAULT,
     MIN_TTL_MAX,
     TOKEN_PATH,
@@ -111,13 +111,16 @@ async def refresh_token(
         Header(
             alias="If-Match",
             max_length=1000,
-            pattern=IF_MATCH_PATTERN,
             description=(
                 "The `ETag` of the session the caller saw rejected: refresh only if"
-                " the connection still holds it."
+                " the connection still holds it. A list of tags refreshes if any is the"
+                " current session; a weak or unknown tag names none (the current session"
+                " is answered, nothing refreshed)."
             ),
             examples=['"7"'],
         ),
+        # The header is absent or a string: "null" is not a value it can take.
+        WithJsonSchema({"type": "string", "maxLength": 1000}),
     ] = None,
 ) -> Response:
     return await issue(runtime, connection_id, min_ttl=None, if_match=parse_if_match(if_match))

@@ -217,7 +217,7 @@ async def test_if_match_with_a_stale_version_reads_the_row_another_replica_wrote
     assert (await broker.emulator.stats())["refreshes_ok"] == 0
 
 
-@pytest.mark.parametrize("if_match", ['W/"1"', '"999"', '"x"'])
+@pytest.mark.parametrize("if_match", ['W/"1"', '"999"', '"x"', "null", '"1', '"1" "2"', ""])
 async def test_if_match_naming_no_current_session_answers_the_current_one(
     broker: BrokerHarness, if_match: str
 ) -> None:
@@ -237,18 +237,6 @@ async def test_if_match_star_is_an_unconditional_forced_refresh(broker: BrokerHa
     answer = await _refresh(broker, connection_id, tokens, "*")
     assert answer.status_code == 200, answer.text
     assert (await broker.emulator.stats())["refreshes_ok"] == 1
-
-
-@pytest.mark.parametrize("if_match", ["1", '"1', '"1" "2"', '"1",,x', '"a b"', ""])
-async def test_malformed_if_match_is_a_422_and_calls_nobody(
-    broker: BrokerHarness, if_match: str
-) -> None:
-    connection_id = await broker.connect("tara")
-    tokens = await broker.api_key("tokens:read")
-    answer = await _refresh(broker, connection_id, tokens, if_match)
-    body = assert_problem(answer, 422, "invalid-request")
-    assert "If-Match" in str(body)
-    assert (await broker.emulator.stats())["refreshes_ok"] == 0
 
 
 async def test_if_match_on_an_unknown_connection_is_a_404(broker: BrokerHarness) -> None:

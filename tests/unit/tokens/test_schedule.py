@@ -97,3 +97,28 @@ def test_needed_ttl_never_exceeds_what_a_refresh_gives(
     min_ttl: int, lifetime: float, needed: float
 ) -> None:
     assert needed_ttl(min_ttl, lifetime=lifetime, ahead=300) == needed
+
+
+@pytest.mark.parametrize(
+    ("unused_for", "renewed_ago", "postponed"),
+    [
+        (timedelta(days=1), timedelta(hours=1), False),  # warm: refresh now
+        (timedelta(days=8), timedelta(hours=1), True),  # idle, renewed lately: postpone
+        (timedelta(days=8), timedelta(days=1, seconds=1), False),  # keep-alive due
+        (timedelta(days=8), None, False),  # never recorded: refresh
+    ],
+)
+def test_a_due_idle_connection_waits_for_its_keep_alive(
+    unused_for: timedelta, renewed_ago: timedelta | None, postponed: bool
+) -> None:
+    schedule = _schedule(keep_warm_seconds=7 * 86400, keep_alive_seconds=86400)
+    now = EXPIRES
+    renewed = None if renewed_ago is None else now - renewed_ago
+    until = schedule.kept_alive_until(
+        now=now, last_used_at=now - unused_for, last_refreshed_at=renewed
+    )
+    if postponed:
+        assert renewed is not None
+        assert until == renewed + timedelta(days=1)
+    else:
+        assert until is None
