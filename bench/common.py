@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -440,6 +441,81 @@ def run_wrk(
         errors=bad_status + other,
         percentiles_ms=percentiles,
     )
+
+
+# Load: callers on raw asyncio protocols ---------------------------------------------
+
+
+class Caller(asyncio.Protocol):
+    """A load generator's client: one keep-alive HTTP/1.1 connection, one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.answer: asyncio.Future[tuple[int, bytes, float]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses; same interface.
+        self.transport = typing.cast(asyncio.Transport, transport)
+
+    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, float]]:
+        assert self.transport is not None
+        self.answer = asyncio.get_running_loop().create_future()
+        self.buffer.clear()
+        self.transport.write(request)
+        return self.answer
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 or self.answer is None or self.answer.done():
+            return
+        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+        length = 0
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        if len(self.buffer) - end - 4 >= length:
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            self.answer.set_result((int(head[0].split()[1]), body, time.perf_counter()))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.answer is not None and not self.answer.done():
+            self.answer.set_exception(ConnectionError("closed"))
+
+
+def get_request(path: str, key: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
+    ).encode()
+
+
+async def open_callers(port: int, count: int) -> list[Caller]:
+    loop = asyncio.get_running_loop()
+    callers: list[Caller] = []
+    for start in range(0, count, 100):
+        made = await asyncio.gather(
+            *(
+                loop.create_connection(Caller, "127.0.0.1", port)
+                for _ in range(min(100, count - start))
+            )
+        )
+        callers += [protocol for _, protocol in made]
+    return callers
+
+
+async def send_all(
+    callers: list[Caller], request: bytes | list[bytes]
+) -> tuple[list[float], set[int], set[bytes]]:
+    """Every caller sends (the same request, or its own), all written before
+    any answer is read: latencies (ms), statuses and distinct bodies."""
+    requests = [request] * len(callers) if isinstance(request, bytes) else request
+    started = time.perf_counter()
+    answers = [caller.send(sent) for caller, sent in zip(callers, requests, strict=True)]
+    results = await asyncio.gather(*answers)
+    latencies = [(done - started) * 1000 for _, _, done in results]
+    return latencies, {status for status, _, _ in results}, {body for _, body, _ in results}
 
 
 # Reporting ------------------------------------------------------------------------

@@ -16,19 +16,21 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import time
-import typing
 import uuid
 
 import httpx
 import uvloop
 from common import (
     BrokerConfig,
+    Caller,
     api_key,
     fresh_database,
+    get_request,
     header,
+    open_callers,
     pg,
     seed_connections,
+    send_all,
     start_emulator,
     stopping,
     verdict,
@@ -37,73 +39,6 @@ from common import (
 HERD = int(os.environ.get("BENCH_HERD", "1000"))
 UPSTREAM_MS = float(os.environ.get("BENCH_UPSTREAM_MS", "100"))
 ROUNDS = int(os.environ.get("BENCH_HERD_ROUNDS", "5"))
-
-
-class _Caller(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection that sends one request at a time."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.answer: asyncio.Future[tuple[int, bytes, float]] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses; same interface.
-        self.transport = typing.cast(asyncio.Transport, transport)
-
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, float]]:
-        assert self.transport is not None
-        self.answer = asyncio.get_running_loop().create_future()
-        self.buffer.clear()
-        self.transport.write(request)
-        return self.answer
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0 or self.answer is None or self.answer.done():
-            return
-        head = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
-        length = 0
-        for line in head[1:]:
-            name, _, value = line.partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-        if len(self.buffer) - end - 4 >= length:
-            body = bytes(self.buffer[end + 4 : end + 4 + length])
-            self.answer.set_result((int(head[0].split()[1]), body, time.perf_counter()))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(ConnectionError("closed"))
-
-
-def _request(path: str, key: str) -> bytes:
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\r\n"
-    ).encode()
-
-
-async def _open(port: int, count: int) -> list[_Caller]:
-    loop = asyncio.get_running_loop()
-    callers: list[_Caller] = []
-    for start in range(0, count, 100):
-        made = await asyncio.gather(
-            *(
-                loop.create_connection(_Caller, "127.0.0.1", port)
-                for _ in range(min(100, count - start))
-            )
-        )
-        callers += [protocol for _, protocol in made]
-    return callers
-
-
-async def _herd(callers: list[_Caller], request: bytes) -> tuple[list[float], set[int], set[bytes]]:
-    started = time.perf_counter()
-    answers = [caller.send(request) for caller in callers]  # all written before any is read
-    results = await asyncio.gather(*answers)
-    latencies = [(done - started) * 1000 for _, _, done in results]
-    return latencies, {status for status, _, _ in results}, {body for _, body, _ in results}
 
 
 async def _upstream_refreshes(control: httpx.AsyncClient) -> int:
@@ -139,18 +74,18 @@ async def main() -> None:
                 key = await api_key(broker.url, "tokens:read")
                 port = int(broker.url.rsplit(":", 1)[1])
                 await control.patch("/__emulator/settings", json={"latency_ms": UPSTREAM_MS})
-                warm = _request(f"/v1/connections/{other}/token", key)
-                request = _request(f"/v1/connections/{target}/token", key)
+                warm = get_request(f"/v1/connections/{other}/token", key)
+                request = get_request(f"/v1/connections/{target}/token", key)
 
-                async def ready_callers(count: int) -> list[_Caller]:
+                async def ready_callers(count: int) -> list[Caller]:
                     # Fresh connections each round (the server closes idle ones
                     # after 5 s), each used once, the key known, before the clock runs.
-                    callers = await _open(port, count)
-                    _, statuses, _ = await _herd(callers, warm)
+                    callers = await open_callers(port, count)
+                    _, statuses, _ = await send_all(callers, warm)
                     assert statuses == {200}, statuses
                     return callers
 
-                def close(callers: list[_Caller]) -> None:
+                def close(callers: list[Caller]) -> None:
                     for caller in callers:
                         if caller.transport is not None:
                             caller.transport.close()
@@ -159,7 +94,7 @@ async def main() -> None:
                 for _ in range(3):
                     await _needs_refresh(database_url, target)
                     callers = await ready_callers(1)
-                    latencies, statuses, _ = await _herd(callers, request)
+                    latencies, statuses, _ = await send_all(callers, request)
                     close(callers)
                     assert statuses == {200}, statuses
                     singles.append(latencies[0])
@@ -171,7 +106,7 @@ async def main() -> None:
                 fresh_herds = []
                 for _ in range(3):
                     callers = await ready_callers(HERD)
-                    latencies, statuses, _ = await _herd(callers, warm)
+                    latencies, statuses, _ = await send_all(callers, warm)
                     close(callers)
                     assert statuses == {200}, statuses
                     fresh_herds.append(max(latencies))
@@ -183,7 +118,7 @@ async def main() -> None:
                     await _needs_refresh(database_url, target)
                     callers = await ready_callers(HERD)
                     before = await _upstream_refreshes(control)
-                    latencies, statuses, bodies = await _herd(callers, request)
+                    latencies, statuses, bodies = await send_all(callers, request)
                     upstream = await _upstream_refreshes(control) - before
                     close(callers)
                     latencies.sort()
