@@ -24,6 +24,8 @@ SCRIPTS = (
     "http_clients.py",
     "scale.py",
     "refresh_economy.py",
+    "burst.py",
+    "signin_flood.py",
 )
 
 

@@ -141,6 +141,10 @@ class Settings(BaseSettings):
     refresher_poll_seconds: float = Field(default=5.0, gt=0, le=3600)
     refresher_batch_size: int = Field(default=100, ge=1, le=10_000)
     refresher_concurrency: int = Field(default=8, ge=1, le=256)
+    # How long a sign-in may take from the broker's redirect to Workfront's
+    # callback (the state, signed, carries its start): long enough for a slow
+    # single sign-on with MFA, short enough that a leaked state goes stale.
+    signin_ttl_seconds: int = Field(default=600, ge=1, le=3600)
     # Refresh policy. Connections read or (re)connected within the keep-warm
     # window are refreshed ahead of expiry, so readers never wait; idle ones
     # only as often as their grant needs to stay alive (Workfront apps may set

@@ -15,10 +15,12 @@ import hashlib
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 NONCE_BYTES = 12  # 96 bits, the size GCM is specified for
 KEY_BYTES = 32  # AES-256
@@ -40,6 +42,7 @@ class KeyringError(ValueError):
 class _Key:
     key_id: str
     aead: AESGCM
+    raw: bytes = field(repr=False)
 
 
 def _b64decode_any(text: str) -> bytes:
@@ -95,7 +98,7 @@ class TokenCipher:
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
             raise KeyringError("a keyring needs at least one key")
-        self._keys = [_Key(key_id, AESGCM(raw)) for key_id, raw in keys]
+        self._keys = [_Key(key_id, AESGCM(raw), raw) for key_id, raw in keys]
         self._by_id = {key.key_id: key for key in self._keys}
 
     @classmethod
@@ -109,6 +112,15 @@ class TokenCipher:
     @property
     def key_ids(self) -> list[str]:
         return [key.key_id for key in self._keys]
+
+    def derived_keys(self, purpose: bytes) -> list[bytes]:
+        """A key of its own for ``purpose`` (a MAC, say) from each keyring key,
+        primary first: HKDF-SHA256, so no two purposes share key material and
+        a derived key tells nothing of the key it came from."""
+        return [
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key.raw)
+            for key in self._keys
+        ]
 
     def encrypt(self, plaintext: str, *, aad: bytes) -> str:
         key = self._keys[0]

@@ -16,6 +16,7 @@ from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
 from service.db.engine import Database, autocommit, make_database, make_engine
 from service.db.migrations import alembic_head
+from service.signin.states import StateSigner
 from service.tokens.issuer import TokenIssuer
 from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
@@ -37,6 +38,7 @@ class Runtime:
     authenticator: ApiKeyAuthenticator
     schema_head: str | None
     stored_keys: StoredKeyCheck
+    state_signer: StateSigner
 
 
 @asynccontextmanager
@@ -73,6 +75,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 ),
                 schema_head=alembic_head(),
                 stored_keys=StoredKeyCheck(cipher),
+                state_signer=StateSigner(cipher, lifetime_seconds=settings.signin_ttl_seconds),
             )
     finally:
         await engine.dispose()

@@ -7,9 +7,9 @@ import logging
 
 from sqlalchemy import func, or_, select
 
-from service.crypto import TokenCipher, row_aad
+from service.crypto import TokenCipher
 from service.db.engine import Database
-from service.db.models import Connection, SigninAttempt
+from service.db.models import Connection
 from service.tokens.sealing import ACCESS, REFRESH, TokenSealer
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
@@ -75,26 +75,4 @@ async def reencrypt_all(
         if loop.time() - stuck_since > stuck_after_seconds:
             raise RotationStuck(left)
         await asyncio.sleep(0.2)  # rows held by refreshes in progress
-    await _reencrypt_verifiers(database, cipher, primary)
     return changed
-
-
-async def _reencrypt_verifiers(database: Database, cipher: TokenCipher, primary: str) -> None:
-    """PKCE verifiers of sign-ins in progress (short-lived, few)."""
-    async with database() as db, db.begin():
-        attempts = (
-            await db.scalars(
-                select(SigninAttempt)
-                .where(
-                    SigninAttempt.code_verifier_enc.is_not(None),
-                    func.left(SigninAttempt.code_verifier_enc, len(primary)) != primary,
-                )
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        for attempt in attempts:
-            sealed = attempt.code_verifier_enc
-            if sealed is None:  # excluded by the query; narrows the type
-                continue
-            aad = row_aad("authorizations", attempt.id, "code_verifier")
-            attempt.code_verifier_enc = cipher.encrypt(cipher.decrypt(sealed, aad=aad), aad=aad)

@@ -21,8 +21,6 @@ _STORED_KEY_IDS = text(
     """
     SELECT split_part(access_token_enc, ':', 1) FROM connections
     UNION SELECT split_part(refresh_token_enc, ':', 1) FROM connections
-    UNION SELECT split_part(code_verifier_enc, ':', 1) FROM authorizations
-          WHERE code_verifier_enc IS NOT NULL
     """
 )
 # A full scan of the connections table: cheap at 100,000 rows, yet not for

@@ -97,7 +97,9 @@ class ApiClient(Base):
 
 
 class SigninAttempt(Base):
-    """A sign-in attempt: a pending browser authorization (the OAuth ``state``)."""
+    """A sign-in attempt whose callback was accepted: its (signed) ``state`` is
+    recorded as used until it would have expired (service.signin.attempts).
+    Pending attempts are not stored."""
 
     __tablename__ = "authorizations"
     __table_args__ = (Index("ix_authorizations_expires_at", "expires_at"),)
@@ -105,7 +107,6 @@ class SigninAttempt(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     state_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     browser_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False)
-    code_verifier_enc: Mapped[str | None] = mapped_column(Text)
     connect_session_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("connect_sessions.id", ondelete="CASCADE")
     )

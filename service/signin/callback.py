@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from service.signin.attempts import code_verifier, consume_attempt
+from service.signin.attempts import Attempt, consume_attempt
 from service.signin.failures import CallbackFailure, refusal
 from service.signin.links import ClaimedLink, claim_connect_link, release_connect_link
 from service.workfront import (
@@ -33,7 +33,6 @@ from service.workfront import (
 )
 
 if TYPE_CHECKING:
-    from service.db.models import SigninAttempt
     from service.runtime import Runtime
 
 log = logging.getLogger("service.routes.oauth")  # pinned: operators filter on it
@@ -50,18 +49,23 @@ async def finish_signin(
     runtime: Runtime,
     *,
     browser: str | None,
+    latest_state: str | None,
     code: str | None,
     state: str | None,
     domain: str | None,
     lane: str | None,
     error: str | None,
 ) -> Connected:
-    """Connect the user a callback names; ``browser`` is the attempt cookie's value."""
+    """Connect the user a callback names; ``browser`` is the binding cookie's
+    value, ``latest_state`` the state cookie's (cookie-only binding)."""
     attempt = await consume_attempt(
         runtime.database,
+        runtime.state_signer,
         state=state,
         browser=browser,
+        latest_state=latest_state,
         require_state=runtime.settings.require_state,
+        pkce=runtime.settings.pkce,
     )
     try:
         return await _connect(runtime, attempt, code=code, domain=domain, lane=lane, error=error)
@@ -73,7 +77,7 @@ async def finish_signin(
 
 async def _connect(
     runtime: Runtime,
-    attempt: SigninAttempt,
+    attempt: Attempt,
     *,
     code: str | None,
     domain: str | None,
@@ -106,14 +110,12 @@ async def _connect(
 
 
 async def _exchange(
-    runtime: Runtime, attempt: SigninAttempt, code: str
+    runtime: Runtime, attempt: Attempt, code: str
 ) -> tuple[TokenSet, WorkfrontUser]:
     """The code's tokens, and whom they belong to."""
     workfront = runtime.workfront
     try:
-        tokens = await workfront.exchange_code(
-            code, code_verifier=code_verifier(runtime.cipher, attempt)
-        )
+        tokens = await workfront.exchange_code(code, code_verifier=attempt.code_verifier)
         user = await workfront.get_user(tokens.access_token)
     except ClientCredentialsRejected:
         raise refusal("credentials_rejected") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -68,14 +67,19 @@ async def test_authorize_redirects_with_state_and_cookie(
     assert params["client_id"] == broker.settings.client_id
     assert params["redirect_uri"] == broker.settings.redirect_uri
     assert params["response_type"] == "code"
-    assert len(params["state"]) >= 43  # 256 bits in URL-safe base64
+    assert len(params["state"]) == 82  # signed: time, 128-bit nonce, link, two tags
     assert "code_challenge" not in params
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie
     assert "samesite=lax" in cookie
-    # The state is stored hashed, never in plain text.
+    # Starting a sign-in stores nothing: the state is signed, not remembered.
+    assert await db.fetchval("SELECT count(*) FROM authorizations") == 0
+    # Once its callback is accepted, the state is recorded as used, hashed.
+    callback = await broker.authorize("state-user")
+    state = parse_qs(urlsplit(callback).query)["state"][0]
+    assert (await broker.client.get(callback)).status_code == 200
     stored = await db.fetchval("SELECT state_hash FROM authorizations")
-    assert stored == hashlib.sha256(params["state"].encode()).digest()
+    assert stored == hashlib.sha256(state.encode()).digest()
 
 
 @pytest.mark.parametrize("style", ["basic_json", "form"])
@@ -140,12 +144,16 @@ async def test_unknown_state_is_refused(broker: BrokerHarness, db: asyncpg.Conne
     )
 
 
-async def test_expired_state_is_refused(broker: BrokerHarness, db: asyncpg.Connection) -> None:
-    callback = await broker.authorize("frank")
-    await db.execute(
-        "UPDATE authorizations SET expires_at = $1", datetime.now(UTC) - timedelta(seconds=1)
-    )
-    await _assert_refused(broker, db, callback, says="expired")
+async def test_expired_state_is_refused(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    async with running_broker(settings_for(signin_ttl_seconds=1), emulator) as broker:
+        callback = await broker.authorize("frank")
+        await asyncio.sleep(1.1)
+        await _assert_refused(broker, db, callback, says="expired")
 
 
 async def test_reused_state_is_refused(broker: BrokerHarness, db: asyncpg.Connection) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import pytest
@@ -143,3 +143,24 @@ async def test_a_pooled_connection_killed_while_idle_costs_no_error(
     assert killed >= 1
     response = await broker.client.get(url, headers=headers)
     assert response.status_code == 200, response.text
+
+
+async def test_a_flood_of_sign_in_starts_and_forged_callbacks_stores_nothing(
+    broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    """An unauthenticated client starting sign-ins in a loop (each a new
+    browser) or sending callbacks with made-up states fills no table."""
+    states = []
+    for _ in range(200):
+        started = await broker.client.get("/oauth/authorize")
+        assert started.status_code == 302
+        states.append(parse_qs(urlsplit(started.headers["location"]).query)["state"][0])
+        broker.client.cookies.clear()
+    assert len(set(states)) == 200
+    for state in states[:50]:
+        # A real state, a made-up code, but no browser cookie: refused before storing.
+        refused = await broker.client.get(f"/oauth/callback?code=made-up&state={state}")
+        assert refused.status_code == 400
+        forged = await broker.client.get(f"/oauth/callback?code=x&state={state[:-2]}AA")
+        assert forged.status_code == 400
+    assert await db.fetchval("SELECT count(*) FROM authorizations") == 0

@@ -26,7 +26,7 @@ from starlette.datastructures import URL
 
 from service.clock import now_utc
 from service.runtime import Runtime
-from service.signin.attempts import ATTEMPT_TTL, start_attempt
+from service.signin.attempts import start_attempt
 from service.signin.callback import finish_signin
 from service.signin.failures import CallbackFailure, next_step_without_retry, refusal
 from service.signin.links import (
@@ -44,6 +44,8 @@ log = logging.getLogger("service.routes.oauth")  # pinned: operators filter on i
 
 ATTEMPT_COOKIE = "wtb_attempt"
 LINK_COOKIE = "wtb_link"
+# The latest state, for cookie-only binding (BROKER_REQUIRE_STATE=false) only.
+STATE_COOKIE = "wtb_state"
 _COOKIE_PATH = "/oauth"
 
 
@@ -186,20 +188,25 @@ async def start_authorization(
             link_id = (await live_connect_link(runtime.database, link)).id
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
-    started = await start_attempt(
+    started = start_attempt(
         runtime, browser_cookie=request.cookies.get(ATTEMPT_COOKIE), link_id=link_id
     )
     response = RedirectResponse(
         started.authorize_url, status_code=302, headers=page_headers(settings)
     )
-    for name, value in ((ATTEMPT_COOKIE, started.browser), (LINK_COOKIE, link)):
+    latest = None if settings.require_state else started.state
+    for name, value in (
+        (ATTEMPT_COOKIE, started.browser),
+        (LINK_COOKIE, link),
+        (STATE_COOKIE, latest),
+    ):
         if value is None:
             response.delete_cookie(name, path=_COOKIE_PATH)
             continue
         response.set_cookie(
             name,
             value,
-            max_age=int(ATTEMPT_TTL.total_seconds()),
+            max_age=settings.signin_ttl_seconds,
             path=_COOKIE_PATH,
             httponly=True,
             samesite="lax",
@@ -233,6 +240,7 @@ async def oauth_callback(
         connected = await finish_signin(
             runtime,
             browser=request.cookies.get(ATTEMPT_COOKIE),
+            latest_state=request.cookies.get(STATE_COOKIE),
             code=code,
             state=state,
             domain=domain,
