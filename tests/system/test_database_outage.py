@@ -115,8 +115,10 @@ async def test_database_outage_answers_503_and_recovers(
         await asyncio.sleep(2)
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
-        # A person's browser gets a page, not JSON.
-        page = await client.get("/oauth/authorize")
+        # A person's browser gets a page, not JSON, where the database is needed
+        # (starting a sign-in stores nothing, so it still works).
+        assert (await client.get("/oauth/authorize")).status_code == 302
+        page = await client.get("/connect/" + "x" * 43)
         assert page.status_code == 503, page.text
         assert page.headers["content-type"].startswith("text/html")
         assert "cannot reach its database" in page.text
