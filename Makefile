@@ -9,10 +9,11 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: install dev test lint typecheck pytest format openapi bench clean image-check
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e './clients/python[requests]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,7 +28,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy service tests alembic bench
+	$(BIN)/mypy service tests alembic bench clients/python
 
 pytest: install
 	@$(BIN)/python -m tests.support.chromium

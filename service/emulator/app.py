@@ -206,7 +206,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
     async def session_info(request: Request, version: str) -> Response:
         session = state.live_session(request.headers.get("sessionID"))
         if session is None:
-            return JSONResponse(_NOT_LOGGED_IN, 401)
+            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
         user = state.users[session.user_id]
         data = {"userID": user.user_id, "customerID": user.customer_id, "userName": user.username}
         return JSONResponse({"data": data})
@@ -215,7 +215,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
     async def logout(request: Request, version: str) -> Response:
         token = request.headers.get("sessionID")
         if state.live_session(token) is None:
-            return JSONResponse(_NOT_LOGGED_IN, 401)
+            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
         del state.sessions[token or ""]
         return JSONResponse({"data": {"success": True}})
 
@@ -223,7 +223,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
     async def proj_search(request: Request, version: str) -> Response:
         session = state.live_session(request.headers.get("sessionID"))
         if session is None:
-            return JSONResponse(_NOT_LOGGED_IN, 401)
+            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
         customer = state.users[session.user_id].customer_id
         names = ("Website relaunch", "Q3 campaign", "Data migration")
         data = [
@@ -231,6 +231,22 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
             for n in names
         ]
         return JSONResponse({"data": data})
+
+    @app.post(API_PATH + "/proj")
+    async def proj_create(request: Request, version: str) -> Response:
+        """Create a project (a stand-in for any write through the API): the
+        request's own JSON object comes back as the new object's fields."""
+        session = state.live_session(request.headers.get("sessionID"))
+        if session is None:
+            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+        try:
+            fields = json.loads(await request.body() or b"{}")
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            return JSONResponse({"error": {"message": "a JSON object is required"}}, 422)
+        made = {**fields, "ID": h32(f"proj:{secrets.token_hex(8)}"), "objCode": "PROJ"}
+        return JSONResponse({"data": made})
 
     add_control_routes(app, state)
 

@@ -26,3 +26,6 @@ class EmulatorSettings:
     latency_ms: float = 0.0  # added to every token-endpoint request
     code_ttl_seconds: float = 120.0
     hang_seconds: float = 30.0  # how long a "timeout" fault sleeps before answering
+    # The status of an API call with a dead or unknown sessionID: 401, or 200
+    # as some Workfront answers are, with the same AuthenticationException body.
+    dead_session_status: int = 401

@@ -40,6 +40,13 @@ class TokenOut(BaseModel):
         ),
         examples=["7"],
     )
+    headers: dict[str, str] = Field(
+        description=(
+            "Exactly the headers to put on Workfront API calls made with this session,"
+            " so a caller need not know their names."
+        ),
+        examples=[{"sessionID": "<sessionID>"}],
+    )
 
 
 def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
@@ -58,6 +65,7 @@ def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
             "workfront_url": workfront_url,
             "user_id": issued.user_id,
             "session_version": issued.session_version,
+            "headers": {"sessionID": issued.session_id},
         },
         option=orjson.OPT_UTC_Z,
     )

@@ -25,6 +25,7 @@ TOKEN_FIELDS = {
     "workfront_url",
     "user_id",
     "session_version",
+    "headers",
 }
 
 
@@ -40,6 +41,7 @@ async def test_token_body_and_session_work(broker: BrokerHarness) -> None:
     assert body["token_type"] == "sessionID"
     assert body["workfront_url"] == broker.emulator.base_url
     assert response.headers["etag"] == f'"{body["session_version"]}"'
+    assert body["headers"] == {"sessionID": body["session_id"]}
     remaining = parse_time(body["expires_at"]) - datetime.now(UTC)
     assert timedelta(seconds=1700) < remaining <= timedelta(seconds=1800)
     shown = await broker.client.get(f"/v1/connections/{connection_id}", headers=broker.admin)
