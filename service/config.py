@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     # wait for a free one (up to 10 s) rather than opening and closing extra
     # connections, which under load costs more than the query.
     db_pool_size: int = Field(default=20, ge=1, le=500)
+    # Refreshes of different connections on their way to Workfront at once,
+    # per process. None holds a database connection while Workfront answers
+    # (service.tokens.lease), so this bounds only the connections to Workfront.
+    refresh_concurrency: int = Field(default=100, ge=1, le=10_000)
     # In-memory caches of the hot path (API key -> client, connection -> its
     # decrypted session). Their lifetime bounds how long another replica may
     # go on honouring a revoked key or a deleted connection: the contract says

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from service.db.engine import Database, autocommit, make_database, make_engine
 from service.db.migrations import alembic_head
 from service.signin.states import StateSigner
 from service.tokens.issuer import TokenIssuer
+from service.tokens.lease import LeaseOwner
 from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
 from service.workfront import WorkfrontClient
@@ -44,7 +47,14 @@ class Runtime:
 @asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every resource; close them in reverse order."""
-    engine = make_engine(require_database_url(settings), pool_size=settings.db_pool_size)
+    url = require_database_url(settings)
+    engine = make_engine(url, pool_size=settings.db_pool_size)
+    # One connection of its own: this process's liveness lock for its refresh claims.
+    # Autocommit: a transaction left open for the process's life would hold
+    # back vacuum (and an idle-in-transaction timeout would end it).
+    owner_engine = make_engine(url, pool_size=1)
+    owner = LeaseOwner(autocommit(owner_engine))
+    keeping = asyncio.create_task(owner.keep(), name="refresh-claims-owner")
     try:
         database = make_database(engine)
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
@@ -55,7 +65,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             admin = settings.admin_api_key
             reader = autocommit(engine)
             parts = TokenParts.build(
-                settings, reader=reader, database=database, cipher=cipher, workfront=workfront
+                settings,
+                reader=reader,
+                database=database,
+                cipher=cipher,
+                workfront=workfront,
+                owner=owner,
             )
             yield Runtime(
                 settings=settings,
@@ -78,4 +93,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 state_signer=StateSigner(cipher, lifetime_seconds=settings.signin_ttl_seconds),
             )
     finally:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+        # After the refreshes drained (the app's lifespan): its claims are free now.
+        with contextlib.suppress(Exception):
+            await owner.close()
+        await owner_engine.dispose()
         await engine.dispose()

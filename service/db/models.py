@@ -75,6 +75,10 @@ class Connection(Base):
     # Last read (recorded in batches, service.tokens.usage) or (re)connected:
     # whether the refresher keeps it warm or only keeps its grant alive.
     last_used_at: Mapped[datetime] = _now_column()
+    # A refresh in progress: the process that claimed it (its advisory lock
+    # says whether it lives) and until when (service.tokens.lease).
+    refresh_lease_owner: Mapped[int | None] = mapped_column(Integer)
+    refresh_lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     refresh_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_class: Mapped[str | None] = mapped_column(String(32))

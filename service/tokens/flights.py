@@ -124,9 +124,9 @@ class Flights:
     async def drain(self) -> None:
         """Shut down refreshes in flight without losing a refresh token, in bounded time.
 
-        A refresh that has not yet presented its refresh token (waiting for a
-        pool slot or the row lock) is cancelled: its transaction rolls back and
-        Workfront never saw it. One that has presented it holds the rotated
+        A refresh that has not yet presented its refresh token (waiting for its
+        turn or for another process's claim) is cancelled: its claim, if any,
+        is released and Workfront never saw it. One that has presented it holds the rotated
         token in memory until it commits, so it is waited for, as long as one
         refresh's upstream call can take (Settings.refresh_call_ceiling_seconds),
         and only then cancelled.

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service.config import Settings
 from service.crypto import TokenCipher
 from service.db.engine import Database
+from service.tokens.lease import Claims, LeaseOwner
 from service.tokens.reads import TokenReads
 from service.tokens.schedule import RefreshSchedule
 from service.tokens.sealing import TokenSealer
@@ -19,13 +20,14 @@ from service.workfront import WorkfrontClient
 @dataclass(frozen=True, slots=True)
 class TokenParts:
     settings: Settings
-    # Autocommit: single-statement reads, and the refresh transaction (which opens its own).
+    # Autocommit: single-statement reads, and the refresh's statements.
     reader: AsyncEngine
     database: Database
     sealer: TokenSealer
     schedule: RefreshSchedule
     reads: TokenReads
     workfront: WorkfrontClient
+    claims: Claims  # the refresh's claims on rows, as this process
 
     @classmethod
     def build(
@@ -36,6 +38,7 @@ class TokenParts:
         database: Database,
         cipher: TokenCipher,
         workfront: WorkfrontClient,
+        owner: LeaseOwner,
     ) -> TokenParts:
         sealer = TokenSealer(cipher)
         return cls(
@@ -46,4 +49,12 @@ class TokenParts:
             schedule=RefreshSchedule(settings),
             reads=TokenReads(settings=settings, reader=reader, sealer=sealer),
             workfront=workfront,
+            claims=Claims(reader, owner, lease_seconds=claim_lease_seconds(settings)),
         )
+
+
+def claim_lease_seconds(settings: Settings) -> float:
+    """How long a refresh's claim holds at most while its process lives: the
+    refresh call's ceiling, storing its answer (up to 2 x the upstream
+    timeout) and a margin. A dead process's claims are void at once."""
+    return settings.refresh_call_ceiling_seconds + 2 * settings.upstream_timeout_seconds + 30

@@ -1,13 +1,15 @@
-"""One refresh of one connection: row lock -> Workfront -> store, then hand out.
+"""One refresh of one connection: read -> claim -> Workfront -> store, then hand out.
 
-* Refreshes of one connection are serialized across every process by a
-  ``SELECT … FOR UPDATE`` on its row (service.tokens.transaction), held
-  across the upstream call. A waiter re-reads the row under the lock and
-  skips the upstream call when the ``token_version`` moved (someone else
-  refreshed meanwhile).
-* The new refresh token is committed before any caller sees the new session.
-  If the locked connection fails after Workfront answered, the new tokens are
-  stored again on another connection (service.tokens.store_again).
+* Refreshes of one connection are serialized across every process by a claim
+  on its row (service.tokens.lease), taken at the version read: a refresh
+  that finds the row claimed by another live process waits for it to finish
+  (polling the row, bounded by BROKER_LOCK_TIMEOUT_SECONDS) and, when the
+  version moved meanwhile, hands out that refresh's session with no upstream
+  call. No database connection is held while Workfront answers, so refreshes
+  of many different connections run at once.
+* The new refresh token is stored before any caller sees the new session, in
+  one statement under the claim; a failed store is retried on fresh
+  connections (service.tokens.store_again).
 * A refresh answered with a revoked grant marks the connection
   ``needs_reauth``; that refresh token is never presented again.
 * A transient failure records when to try again; callers are served the
@@ -17,7 +19,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import random
+import time
 import uuid
 from datetime import timedelta
 
@@ -34,20 +39,17 @@ from service.tokens.issued import (
     NeedsReauth,
     UpstreamUnavailable,
 )
+from service.tokens.lease import Claims, LockedRow, TokenWrite
 from service.tokens.parts import TokenParts
 from service.tokens.sealing import REFRESH
-from service.tokens.store_again import Rotated, lost, store_again, worth_storing_again
+from service.tokens.store_again import Rotated, store_rotated
 from service.tokens.token_columns import seal_tokens
-from service.tokens.transaction import (
-    LockedRow,
-    RefreshTransaction,
-    RowLockTimeout,
-    TokenWrite,
-    locked_row,
-)
 from service.workfront import GrantRevokedError, TransientError
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
+
+# How often a refresh looks again at a row another process has claimed.
+_CLAIM_POLL_SECONDS = 0.05
 
 
 class Refresh:
@@ -58,65 +60,22 @@ class Refresh:
         self._schedule = parts.schedule
         self._reads = parts.reads
         self._workfront = parts.workfront
+        self._claims = parts.claims
         self._presenting = presenting
-        settings = parts.settings
-        self._lock_timeout_ms = int(settings.lock_timeout_seconds * 1000)
-        # A refresh holds a pooled connection across the lock wait and the
-        # upstream call; at most half the pool does, so token reads of live
-        # sessions keep working while Workfront is slow.
-        self._slots = asyncio.Semaphore(max(1, settings.db_pool_size // 2))
+        # Refreshes on their way to Workfront at once (each holds a connection
+        # to it; none holds a database connection meanwhile).
+        self._slots = asyncio.Semaphore(parts.settings.refresh_concurrency)
 
     async def run(
         self, connection_id: uuid.UUID, ask: Ask, answered: asyncio.Future[None]
     ) -> IssuedToken:
-        """A flight's task: refresh under the row lock when still needed."""
+        """A flight's task: refresh under a claim when still needed."""
         # Its own task (see Flights.flight), so this names the connection in
         # the log lines of this refresh only.
         CONNECTION_ID.set(str(connection_id))
-        upstream_timeout = self._settings.upstream_timeout_seconds
-        rotated: Rotated | None = None
         try:
-            try:
-                async with (
-                    self._slots,
-                    locked_row(
-                        self._reader,
-                        connection_id,
-                        lock_timeout_ms=self._lock_timeout_ms,
-                        write_timeout=upstream_timeout,
-                    ) as (tx, row),
-                ):
-                    outcome = await self._under_lock(tx, row, ask, answered)
-                    if isinstance(outcome, Rotated):
-                        rotated = outcome
-                        await tx.store_tokens(rotated.write)
-                        outcome = rotated.issued
-                if rotated is not None:
-                    REFRESHES.labels(outcome="ok").inc()  # committed
-            except asyncio.CancelledError as exc:
-                if rotated is not None:  # drain() gave up on the commit
-                    lost(connection_id, exc)
-                raise
-            except Exception as exc:
-                if rotated is None:
-                    raise
-                if not worth_storing_again(exc):
-                    lost(connection_id, exc)
-                    raise
-                outcome = await store_again(
-                    rotated,
-                    exc,
-                    reader=self._reader,
-                    reads=self._reads,
-                    upstream_timeout=upstream_timeout,
-                )
-            # A failure is raised only now, after its bookkeeping was committed.
-            if isinstance(outcome, Exception):
-                raise outcome
-        except RowLockTimeout:
-            raise UpstreamUnavailable(
-                "another refresh of this connection is still running", retry_after=5
-            ) from None
+            async with self._slots:
+                outcome = await self._refresh(connection_id, ask, answered)
         except (ConnectionNotFound, NeedsReauth):
             self._reads.changed_here(connection_id)
             raise
@@ -126,22 +85,60 @@ class Refresh:
         self._reads.refreshed(connection_id, outcome)
         return outcome
 
-    async def _under_lock(
-        self,
-        tx: RefreshTransaction,
-        row: LockedRow | None,
-        ask: Ask,
-        answered: asyncio.Future[None],
-    ) -> IssuedToken | Rotated | Exception:
-        """The session to hand out, Workfront's new tokens to store, or the
-        failure to raise once its bookkeeping is committed."""
-        if row is None:
-            raise ConnectionNotFound
-        if row.status != STATUS_ACTIVE:
-            raise NeedsReauth
+    async def _refresh(
+        self, connection_id: uuid.UUID, ask: Ask, answered: asyncio.Future[None]
+    ) -> IssuedToken:
+        row = await self._claimed_row(connection_id, ask)
+        if isinstance(row, IssuedToken):
+            return row
+        try:
+            outcome = await self._present(row, ask, answered)
+        except BaseException:
+            # Cancelled before Workfront saw the token (drain), or a failure
+            # whose bookkeeping could not be written: free the row for others.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._claims.release(row.id))
+            raise
+        if isinstance(outcome, Rotated):
+            return await store_rotated(
+                outcome,
+                claims=self._claims,
+                reads=self._reads,
+                upstream_timeout=self._settings.upstream_timeout_seconds,
+            )
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def _claimed_row(self, connection_id: uuid.UUID, ask: Ask) -> LockedRow | IssuedToken:
+        """The row, claimed by this process; or the session to hand out without a refresh."""
+        give_up = time.monotonic() + self._settings.lock_timeout_seconds
+        while True:
+            found = await self._claims.read(connection_id)
+            if found is None:
+                raise ConnectionNotFound
+            row, claimed_elsewhere = found
+            if row.status != STATUS_ACTIVE:
+                raise NeedsReauth
+            enough = self._enough(row, ask)
+            if enough is not None:
+                return enough
+            if not claimed_elsewhere and await self._claims.claim(row):
+                return row
+            # Another process is refreshing it (or the row moved between the
+            # read and the claim): look again shortly.
+            if time.monotonic() >= give_up:
+                raise UpstreamUnavailable(
+                    "another refresh of this connection is still running", retry_after=5
+                )
+            await asyncio.sleep(_CLAIM_POLL_SECONDS * random.uniform(0.5, 1.5))  # noqa: S311
+
+    def _enough(self, row: LockedRow, ask: Ask) -> IssuedToken | None:
+        """The row's session when no refresh is needed for ``ask``; raises the
+        backoff's UpstreamUnavailable when one is needed but must wait."""
         remaining = row.expires_at - now_utc()
         if row.token_version != ask.seen_version:
-            # Another caller (maybe in another process) refreshed while we waited.
+            # Another caller (maybe in another process) refreshed meanwhile.
             return self._sealer.issued(row)
         if not ask.forced and remaining >= timedelta(seconds=ask.min_ttl):
             return self._sealer.issued(row)
@@ -158,7 +155,14 @@ class Refresh:
                 return self._sealer.issued(row)
             wait = (retry_at - now_utc()).total_seconds()
             raise UpstreamUnavailable("backing off after a transient failure", wait)
+        return None
 
+    async def _present(
+        self, row: LockedRow, ask: Ask, answered: asyncio.Future[None]
+    ) -> IssuedToken | Rotated | Exception:
+        """Present the refresh token: Workfront's new tokens to store, the session
+        to hand out, or the failure to raise (its bookkeeping written)."""
+        claims = self._claims
         refresh_token = self._sealer.open(row, REFRESH)
         # No await between here and the upstream call: drain() cancels a
         # refresh only until it is marked presenting, so before Workfront
@@ -168,11 +172,11 @@ class Refresh:
             tokens = await self._workfront.refresh(refresh_token)
         except GrantRevokedError as exc:
             resolve(answered)
-            await self._mark_needs_reauth(tx, row, exc.detail)
+            await self._mark_needs_reauth(claims, row, exc.detail)
             return NeedsReauth()
         except TransientError as exc:
             resolve(answered)
-            await tx.record_transient(
+            await claims.record_transient(
                 row.id,
                 error=f"transient: {exc.detail}",
                 retry_at=self._schedule.retry_at(row.refresh_failures + 1, exc.retry_after),
@@ -180,6 +184,7 @@ class Refresh:
             )
             log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
             REFRESHES.labels(outcome="transient").inc()
+            remaining = row.expires_at - now_utc()
             if not ask.forced and remaining > timedelta(0):
                 # Keep serving the current session while it is still valid.
                 return self._sealer.issued(row)
@@ -210,10 +215,10 @@ class Refresh:
             ),
         )
 
-    async def _mark_needs_reauth(self, tx: RefreshTransaction, row: LockedRow, detail: str) -> None:
+    async def _mark_needs_reauth(self, claims: Claims, row: LockedRow, detail: str) -> None:
         now = now_utc()
         reason = {"reason": "grant_revoked"}
-        await tx.mark_needs_reauth(
+        await claims.mark_needs_reauth(
             row.id,
             error=f"grant_revoked: {detail}",
             now=now,

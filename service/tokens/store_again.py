@@ -1,14 +1,12 @@
-"""Storing a refresh's answer again when the locked connection failed after
-Workfront answered.
+"""Storing a refresh's answer: Workfront has rotated the refresh token, the
+stored one is dead, and this process holds the only live one.
 
-Workfront has rotated the refresh token then: the stored one is dead, and this
-process holds the only live one. Dropping it would cost the user a
-re-authorization, so a database blip (the connection cut, a failover) is
-retried on fresh connections for as long as one upstream call may take. The
-row lock went with the failed connection; the write applies only while the
-row is active at the version the refresh started from, so it never undoes
-what happened to the row meanwhile (a re-authorization, or ``needs_reauth``
-after another replica presented the dead token).
+Dropping it would cost the user a re-authorization, so a database blip (a
+connection cut, a failover) is retried on fresh connections for as long as
+one upstream call may take. The write applies only under this process's claim
+at the version the refresh started from, so it never undoes what happened to
+the row meanwhile (a re-authorization, a deletion, or ``needs_reauth`` after
+another process took over a void claim and presented the dead token).
 """
 
 from __future__ import annotations
@@ -19,13 +17,11 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from service.db.errors import is_database_outage, sqlstate
 from service.metrics import REFRESHES
 from service.tokens.issued import ConnectionNotFound, IssuedToken, NeedsReauth
+from service.tokens.lease import Claims, TokenWrite
 from service.tokens.reads import TokenReads
-from service.tokens.transaction import TokenWrite, store_tokens_again
 
 log = logging.getLogger("service.broker")  # pinned: operators filter on it
 
@@ -67,36 +63,34 @@ def lost(connection_id: uuid.UUID, error: BaseException | None) -> None:
         )
 
 
-async def store_again(
-    rotated: Rotated,
-    error: Exception,
-    *,
-    reader: AsyncEngine,
-    reads: TokenReads,
-    upstream_timeout: float,
+async def store_rotated(
+    rotated: Rotated, *, claims: Claims, reads: TokenReads, upstream_timeout: float
 ) -> IssuedToken:
-    """Store a refresh's answer on a new connection after the locked one failed."""
+    """Store a refresh's answer under its claim, retried on fresh connections."""
     connection_id = rotated.write.connection_id
-    log.warning(
-        "storing the refreshed session of %s failed (%s); storing it again",
-        connection_id,
-        type(error).__name__,
-    )
     deadline = time.monotonic() + 2 * upstream_timeout
     delay = 0.05
+    attempt = 0
     try:
         while True:
+            attempt += 1
             # Each attempt bounded, the wait for a connection included, and
             # to a part of the whole: one silent connection must not use
             # up the time of every attempt.
             left = deadline - time.monotonic()
             try:
                 async with asyncio.timeout(max(0.1, min(left, upstream_timeout / 2))):
-                    stored = await store_tokens_again(reader, rotated.write)
+                    stored = await claims.store_tokens(rotated.write)
                 break
             except Exception as exc:
                 if not worth_storing_again(exc) or time.monotonic() + delay >= deadline:
                     raise
+                if attempt == 1:
+                    log.warning(
+                        "storing the refreshed session of %s failed (%s); storing it again",
+                        connection_id,
+                        type(exc).__name__,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)
     except BaseException as exc:  # cancelled by drain() at shutdown included
@@ -104,10 +98,12 @@ async def store_again(
         raise
     if stored:
         REFRESHES.labels(outcome="ok").inc()
-        log.info("stored the refreshed session of %s on a new connection", connection_id)
+        if attempt > 1:
+            log.info("stored the refreshed session of %s on a new connection", connection_id)
         return rotated.issued
-    # The row went on: our first commit landed after all, or the row was
-    # re-authorized, disabled or deleted meanwhile. Hand out what it holds.
+    # Not ours any more: an earlier attempt landed after all (its answer was
+    # lost), or the row was re-authorized, disabled or deleted meanwhile.
+    # Hand out what it holds.
     try:
         read = await reads.read(connection_id)
     except Exception:
@@ -117,11 +113,15 @@ async def store_again(
         )
         raise
     if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
-        REFRESHES.labels(outcome="ok").inc()  # it was our commit
+        REFRESHES.labels(outcome="ok").inc()  # it was our own write
         return read
-    lost(connection_id, None)
     if read is None:
+        # Deleted meanwhile: its tokens were to go anyway.
+        log.info("connection %s was deleted while it was refreshed", connection_id)
         raise ConnectionNotFound
     if isinstance(read, str):
+        lost(connection_id, None)  # someone presented the dead token meanwhile
         raise NeedsReauth
+    # Re-authorized meanwhile: the user's newer grant is the one kept.
+    log.info("connection %s was re-authorized while it was refreshed", connection_id)
     return read

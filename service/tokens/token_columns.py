@@ -2,7 +2,8 @@
 refreshing a connection store, written down once.
 
 The ORM paths (connect, re-authorize) apply it to a row object; the refresh
-transaction, which runs on the driver, uses the SQL generated from it here.
+statement (service.tokens.lease), which runs on the driver, uses the SQL
+generated from it here.
 """
 
 from __future__ import annotations

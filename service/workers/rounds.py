@@ -11,7 +11,7 @@ import asyncpg
 from sqlalchemy.exc import SQLAlchemyError
 
 log = logging.getLogger("service.background")  # pinned: operators filter on it
-# The refresh transaction runs on asyncpg itself (service.tokens.transaction).
+# The refresh's statements run on asyncpg itself (service.tokens.lease).
 _DATABASE_ERRORS = (SQLAlchemyError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 MAX_BACKOFF_SECONDS = 60.0

@@ -68,7 +68,7 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
         # beyond the limit a refresh would wait for a connection, and that
         # wait counts against its connect timeout.
         connector=aiohttp.TCPConnector(
-            limit=max(100, settings.refresher_concurrency, settings.db_pool_size // 2) + 16,
+            limit=max(settings.refresh_concurrency, settings.refresher_concurrency) + 16,
             limit_per_host=0,
             ssl=_tls_context(),
         ),

@@ -1,8 +1,8 @@
-"""The refresh transaction runs on the driver under SQLAlchemy's pool
-(service.tokens.transaction): whatever ends it, no pooled connection is left inside
-an open transaction holding a row lock, and the next refresh works. When its
-connection dies after Workfront answered, the new tokens are stored again on
-another connection, never over a row that moved on."""
+"""The refresh's statements run on the driver under SQLAlchemy's pool
+(service.tokens.lease): whatever ends a refresh, no pooled connection is left
+inside an open transaction, no claim outlives it, and the next refresh works.
+When the database connections die while Workfront answers, the new tokens are
+stored on new connections, never over a row that moved on."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import pytest
@@ -23,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.db.engine import autocommit, make_engine
+from service.tokens.lease import Claims, LeaseOwner, TokenWrite
 from service.tokens.token_columns import TokenColumns
-from service.tokens.transaction import TokenWrite, store_tokens_again
 from tests.support.broker import BrokerHarness, running_broker
 from tests.support.db import asyncpg_dsn, row_locked_elsewhere
 from tests.support.emulator import Emulator
@@ -143,13 +142,13 @@ async def test_refresher_worker_survives_a_cancelled_refresh(
 ) -> None:
     """drain() cancels a refresh that has not presented its token yet; the
     refresher's one worker, which waited on it, must go on with the next."""
-    # A pool of 2: refreshes may hold one connection, so the refresher's
-    # refresh waits for the on-demand one (at Workfront) and is cancellable.
+    # One refresh at Workfront at a time: the refresher's refresh waits for
+    # the on-demand one (at Workfront), so it has not presented and is cancellable.
     settings = settings_for(
         refresher_enabled=True,
         refresher_concurrency=1,
         refresher_poll_seconds=0.1,
-        db_pool_size=2,
+        refresh_concurrency=1,
     )
     async with running_broker(settings, emulator) as broker:
         stuck, later, busy = [await broker.connect(name) for name in ("alice", "bob", "carol")]
@@ -161,7 +160,7 @@ async def test_refresher_worker_survives_a_cancelled_refresh(
             await asyncio.sleep(0.01)
         due = "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id = $1"
         await db.execute(due, stuck)
-        while stuck not in core.flights:  # the worker's refresh waits for a connection
+        while stuck not in core.flights:  # the worker's refresh waits for its turn
             await asyncio.sleep(0.01)
         await core.drain()  # cancels that one, waits for the on-demand one
         assert await on_demand == 200
@@ -250,40 +249,37 @@ async def test_failure_statements_write_what_the_orm_wrote(
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
 
 
-_REFRESH_HOLDING_THE_LOCK = """
-    SELECT pid FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid()
-      AND state = 'idle in transaction' AND query LIKE '%FOR UPDATE%'
-"""
-_WAITING_FOR_A_LOCK = """
-    SELECT count(*) FROM pg_stat_activity
-    WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'
-"""
-
-
-async def _poll(db: asyncpg.Connection, query: str, what: str) -> Any:
-    for _ in range(250):
-        found = await db.fetchval(query)
-        if found:
-            return found
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 _EVERY_OTHER_CONNECTION = """
     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE datname = current_database() AND pid <> pg_backend_pid()
 """
+# The broker's pooled connections: all but the one holding its liveness lock.
+_POOLED_CONNECTIONS = """
+    SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity AS a
+    WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
+      AND NOT EXISTS (
+        SELECT 1 FROM pg_locks AS l WHERE l.pid = a.pid AND l.locktype = 'advisory'
+      )
+"""
 
 
-async def _cut_the_refresh_connection(db: asyncpg.Connection, *, every: bool = False) -> None:
-    """While Workfront is answering, the refresh's database connection dies
-    (``every``: all the broker's connections, as in a failover)."""
-    pid = await _poll(db, _REFRESH_HOLDING_THE_LOCK, "the refresh to hold the row lock")
-    if every:
-        assert await db.fetchval(_EVERY_OTHER_CONNECTION) >= 2
-    else:
-        assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+async def _at_workfront(emulator: Emulator) -> None:
+    """Until Workfront has the refresh request (and is slow to answer it)."""
+    for _ in range(250):
+        if any(r["grant_type"] == "refresh_token" for r in await emulator.requests()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out waiting for the refresh to reach Workfront")
+
+
+async def _cut_the_connections(
+    db: asyncpg.Connection, emulator: Emulator, *, every: bool = False
+) -> None:
+    """While Workfront is answering, the broker's pooled database connections
+    die (``every``: its liveness lock's too, as in a failover)."""
+    await _at_workfront(emulator)
+    cut = await db.fetchval(_EVERY_OTHER_CONNECTION if every else _POOLED_CONNECTIONS)
+    assert cut >= 1
 
 
 async def _open_the_whole_pool(engine: AsyncEngine, size: int) -> None:
@@ -301,19 +297,19 @@ async def _lost_refreshes(broker: BrokerHarness) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-@pytest.mark.parametrize("every", [False, True], ids=["locked-connection", "whole-pool"])
-async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_again(
+@pytest.mark.parametrize("every", [False, True], ids=["pooled", "failover"])
+async def test_tokens_refreshed_while_the_connections_died_are_stored_on_new_ones(
     clean_db: None,
     emulator: Emulator,
     settings_for: Callable[..., Settings],
     db: asyncpg.Connection,
     every: bool,
 ) -> None:
-    """Workfront rotated the refresh token; the connection that held the row
-    lock is gone. The new tokens are stored on another connection, so the
-    connection lives on instead of needing re-authorization. When the whole
-    pool died (a failover), the dead pooled connections are dropped as the
-    retries meet them, not met again."""
+    """Workfront rotated the refresh token while every pooled connection died
+    (and, in a failover, this process's liveness lock too). The new tokens are
+    stored on a new connection, so the connection lives on instead of needing
+    re-authorization; the dead pooled connections are dropped as the retries
+    meet them, not met again."""
     settings = settings_for(db_pool_size=4, upstream_timeout_seconds=3)
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
@@ -322,7 +318,7 @@ async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_agai
         lost = await _lost_refreshes(broker)
         await emulator.configure(latency_ms=800)
         waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
-        await _cut_the_refresh_connection(db, every=every)
+        await _cut_the_connections(db, emulator, every=every)
         assert await waiting == 200
         assert await _lost_refreshes(broker) == lost
         await emulator.configure(latency_ms=0)
@@ -341,16 +337,22 @@ async def test_tokens_refreshed_while_the_locked_connection_died_are_stored_agai
 
 
 @pytest.mark.parametrize(
-    ("change", "answer", "after"),
+    ("change", "answer", "after", "lost_more"),
     [
         # another replica presented the dead refresh token and was refused:
-        # the row stays needs_reauth, the refresh answers 409
-        ("UPDATE connections SET status = 'needs_reauth' WHERE id = $1", 409, ("needs_reauth", 1)),
-        # the user re-authorized meanwhile: that row stands
+        # the row stays needs_reauth, the refresh answers 409, a loss
+        (
+            "UPDATE connections SET status = 'needs_reauth' WHERE id = $1",
+            409,
+            ("needs_reauth", 1),
+            1,
+        ),
+        # the user re-authorized meanwhile: that row stands (their newer grant)
         (
             "UPDATE connections SET token_version = token_version + 1 WHERE id = $1",
             200,
             ("active", 2),
+            0,
         ),
     ],
 )
@@ -363,6 +365,7 @@ async def test_storing_again_never_overwrites_a_row_that_moved_on(
     change: str,
     answer: int,
     after: tuple[str, int],
+    lost_more: int,
 ) -> None:
     async with running_broker(settings_for(db_pool_size=4), emulator) as broker:
         connection_id = await broker.connect("alice")
@@ -376,12 +379,9 @@ async def test_storing_again_never_overwrites_a_row_that_moved_on(
         _, kwargs = asyncpg_dsn(database_url)
         other = await asyncpg.connect(**kwargs)
         try:
-            await _cut_the_refresh_connection(db)
-            async with other.transaction():
-                # The row changes elsewhere meanwhile, and the broker's second
-                # write waits for that change to commit.
-                await other.execute(change, connection_id)
-                await _poll(db, _WAITING_FOR_A_LOCK, "the second write to wait for the row")
+            # While Workfront answers, the row changes elsewhere.
+            await _at_workfront(emulator)
+            await other.execute(change, connection_id)
         finally:
             await other.close()
         assert await waiting == answer
@@ -392,7 +392,7 @@ async def test_storing_again_never_overwrites_a_row_that_moved_on(
         assert (row["status"], row["token_version"]) == after
         assert row["refresh_token_enc"] == sealed  # not overwritten
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
-        assert await _lost_refreshes(broker) == lost + 1
+        assert await _lost_refreshes(broker) == lost + lost_more
 
 
 async def test_store_again_after_a_failover_opens_a_new_connection(
@@ -408,6 +408,14 @@ async def test_store_again_after_a_failover_opens_a_new_connection(
     async with running_broker(settings_for(), emulator) as broker:
         connection_id = await broker.connect("alice")
     engine = autocommit(make_engine(database_url, pool_size=3))
+    owner = LeaseOwner(autocommit(make_engine(database_url, pool_size=1)))
+    claims = Claims(engine, owner, lease_seconds=60)
+    await db.execute(
+        "UPDATE connections SET refresh_lease_owner = $2, refresh_lease_until = now()"
+        " + interval '1 minute' WHERE id = $1",
+        connection_id,
+        owner.id,
+    )
     try:
         write = TokenWrite(
             connection_id=connection_id,
@@ -425,9 +433,9 @@ async def test_store_again_after_a_failover_opens_a_new_connection(
         assert await db.fetchval(_EVERY_OTHER_CONNECTION) == 3
         await asyncio.sleep(0.2)
         with pytest.raises((DBAPIError, asyncpg.InterfaceError)):
-            await store_tokens_again(engine, write)
-        assert await store_tokens_again(engine, write)  # on a new connection
-        assert not await store_tokens_again(engine, write)  # the version moved on
+            await claims.store_tokens(write)
+        assert await claims.store_tokens(write)  # on a new connection
+        assert not await claims.store_tokens(write)  # the version moved on, the claim gone
         version = await db.fetchval(
             "SELECT token_version FROM connections WHERE id = $1", connection_id
         )
@@ -444,9 +452,10 @@ async def test_tokens_that_cannot_be_stored_in_time_are_counted_lost(
     database_url: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The locked connection dies and the row stays locked elsewhere for longer
-    than the retry may take: the loss is reported (metric, error log), the
-    caller gets a 503, and nothing half-written is left behind."""
+    """The connections die while Workfront answers, and the row stays locked
+    elsewhere for longer than the retry may take: the loss is reported
+    (metric, error log), the caller gets a 503, and nothing half-written is
+    left behind."""
     settings = settings_for(db_pool_size=4, upstream_timeout_seconds=1)
     async with running_broker(settings, emulator) as broker:
         connection_id = await broker.connect("alice")
@@ -454,10 +463,10 @@ async def test_tokens_that_cannot_be_stored_in_time_are_counted_lost(
         lost = await _lost_refreshes(broker)
         await emulator.configure(latency_ms=500)
         waiting = asyncio.create_task(_refresh(broker, connection_id, headers))
+        await _cut_the_connections(db, emulator)
         _, kwargs = asyncpg_dsn(database_url)
         other = await asyncpg.connect(**kwargs)
         try:
-            await _cut_the_refresh_connection(db)
             async with other.transaction():
                 await other.execute(
                     "SELECT 1 FROM connections WHERE id = $1 FOR UPDATE", connection_id
