@@ -103,7 +103,12 @@ async def store_rotated(
         return rotated.issued
     # Not ours any more: an earlier attempt landed after all (its answer was
     # lost), or the row was re-authorized, disabled or deleted meanwhile.
-    # Hand out what it holds.
+    # Our claim may still be on it (the store did not apply): let it go, so no
+    # other process waits for it. Then hand out what the row holds.
+    try:
+        await claims.release(connection_id)
+    except Exception:
+        log.warning("could not release the claim on %s; it ends with its bound", connection_id)
     try:
         read = await reads.read(connection_id)
     except Exception:

@@ -391,6 +391,13 @@ async def test_storing_again_never_overwrites_a_row_that_moved_on(
         )
         assert (row["status"], row["token_version"]) == after
         assert row["refresh_token_enc"] == sealed  # not overwritten
+        # Its claim did not stay behind for other processes to wait on.
+        assert (
+            await db.fetchval(
+                "SELECT refresh_lease_owner FROM connections WHERE id = $1", connection_id
+            )
+            is None
+        )
         assert await db.fetchval(_OPEN_TRANSACTIONS) == 0
         assert await _lost_refreshes(broker) == lost + lost_more
 
