@@ -9,11 +9,10 @@ C / 0.05 s, the bound set by concurrency and latency. "No connection refreshed
 twice": every row's token_version moved by exactly one per run, the emulator
 saw each refresh token presented once and no reuse.
 
-A refresh holds a pooled database connection across the upstream call, and at
-most half the pool does (so token reads keep a share): the pool is set to
-2 x C + 4 here, as an operator would for that concurrency. The replicas use
-C=16 each: three pools of 2 x 32 + 4 would pass PostgreSQL's default
-max_connections of 100.
+The pool is set to 2 x C + 4 here, as operators were told to when a refresh
+held a pooled connection across its upstream call (it no longer does: a
+refresh claims its row and holds a connection only for its statements); kept,
+so runs compare with earlier ones. The replicas use C=16 each.
 """
 
 from __future__ import annotations
