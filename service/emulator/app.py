@@ -202,11 +202,15 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
 
     app.token_endpoint = token
 
+    def not_logged_in() -> Response:
+        """Workfront's answer to a dead or unknown sessionID (its status a switch)."""
+        return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+
     @app.get(SESSION_PATH)
     async def session_info(request: Request, version: str) -> Response:
         session = state.live_session(request.headers.get("sessionID"))
         if session is None:
-            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+            return not_logged_in()
         user = state.users[session.user_id]
         data = {"userID": user.user_id, "customerID": user.customer_id, "userName": user.username}
         return JSONResponse({"data": data})
@@ -215,7 +219,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
     async def logout(request: Request, version: str) -> Response:
         token = request.headers.get("sessionID")
         if state.live_session(token) is None:
-            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+            return not_logged_in()
         del state.sessions[token or ""]
         return JSONResponse({"data": {"success": True}})
 
@@ -223,7 +227,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
     async def proj_search(request: Request, version: str) -> Response:
         session = state.live_session(request.headers.get("sessionID"))
         if session is None:
-            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+            return not_logged_in()
         customer = state.users[session.user_id].customer_id
         names = ("Website relaunch", "Q3 campaign", "Data migration")
         data = [
@@ -238,7 +242,7 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
         request's own JSON object comes back as the new object's fields."""
         session = state.live_session(request.headers.get("sessionID"))
         if session is None:
-            return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
+            return not_logged_in()
         try:
             fields = json.loads(await request.body() or b"{}")
         except ValueError:

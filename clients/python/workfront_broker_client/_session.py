@@ -44,6 +44,12 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+def _unreachable(exc: httpx.TransportError) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"the broker is unreachable ({type(exc).__name__})", retry_after=None, status=None
+    )
+
+
 def parse_answer(response: httpx.Response, connection_id: str) -> Session:
     """The session in a token answer, or the error it is instead."""
     status = response.status_code
@@ -144,9 +150,10 @@ class SessionSource:
         try:
             response = send(self._client())
         except httpx.TransportError as exc:
-            raise BrokerUnavailable(
-                f"the broker is unreachable ({type(exc).__name__})", retry_after=None, status=None
-            ) from None
+            raise _unreachable(exc) from None
+        return self._keep(response)
+
+    def _keep(self, response: httpx.Response) -> Session:
         self._session = parse_answer(response, self.connection_id)
         return self._session
 
@@ -189,11 +196,8 @@ class SessionSource:
         try:
             response = await sending
         except httpx.TransportError as exc:
-            raise BrokerUnavailable(
-                f"the broker is unreachable ({type(exc).__name__})", retry_after=None, status=None
-            ) from None
-        self._session = parse_answer(response, self.connection_id)
-        return self._session
+            raise _unreachable(exc) from None
+        return self._keep(response)
 
     def close(self) -> None:
         if self._sync_client is not None:

@@ -29,3 +29,11 @@ class BrokerUnavailable(BrokerError):
     def __init__(self, message: str, *, retry_after: float | None, status: int | None) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+
+
+def not_replayable(method: str, path: str) -> BrokerError:
+    """A request Workfront rejected whose body (a stream) cannot be sent again."""
+    return BrokerError(
+        f"Workfront rejected the session for {method} {path}; a fresh one is ready, but"
+        " the request body (a stream) cannot be sent again: send it again"
+    )

@@ -9,7 +9,7 @@ import httpx
 
 from workfront_broker_client._rejection import body_worth_reading, session_rejected
 from workfront_broker_client._session import SessionSource
-from workfront_broker_client.errors import BrokerError
+from workfront_broker_client.errors import not_replayable
 
 log = logging.getLogger("workfront_broker_client")
 
@@ -17,13 +17,6 @@ log = logging.getLogger("workfront_broker_client")
 def _replayable(request: httpx.Request) -> bool:
     # Bytes (or nothing) can be sent again; a generator's content is gone.
     return isinstance(request.stream, httpx.ByteStream)
-
-
-def _not_replayable(request: httpx.Request) -> BrokerError:
-    return BrokerError(
-        f"Workfront rejected the session for {request.method} {request.url.path}; a fresh one"
-        " is ready, but the request body (a stream) cannot be sent again: send it again"
-    )
 
 
 class BrokerAuth(httpx.Auth):
@@ -60,7 +53,7 @@ class BrokerAuth(httpx.Auth):
             return
         renewed = self._source.renewed(session)
         if not _replayable(request):
-            raise _not_replayable(request)
+            raise not_replayable(request.method, request.url.path)
         request.headers.update(renewed.headers)
         response.close()
         yield request
@@ -76,7 +69,7 @@ class BrokerAuth(httpx.Auth):
             return
         renewed = await self._source.arenewed(session)
         if not _replayable(request):
-            raise _not_replayable(request)
+            raise not_replayable(request.method, request.url.path)
         request.headers.update(renewed.headers)
         await response.aclose()
         yield request

@@ -8,7 +8,7 @@ import requests
 
 from workfront_broker_client._rejection import body_worth_reading, session_rejected
 from workfront_broker_client._session import Session, SessionSource
-from workfront_broker_client.errors import BrokerError
+from workfront_broker_client.errors import not_replayable
 
 
 class BrokerRequestsAuth(requests.auth.AuthBase):
@@ -42,11 +42,7 @@ class BrokerRequestsAuth(requests.auth.AuthBase):
             renewed = self._source.renewed(session)
             sent = response.request
             if sent.body is not None and not isinstance(sent.body, bytes | str):
-                raise BrokerError(
-                    f"Workfront rejected the session for {sent.method} {sent.path_url}; a"
-                    " fresh one is ready, but the request body (a stream) cannot be sent"
-                    " again: send it again"
-                )
+                raise not_replayable(str(sent.method), sent.path_url)
             again = sent.copy()
             again.headers.update(renewed.headers)
             again.hooks = {"response": []}  # once only
