@@ -9,7 +9,9 @@ flights at shutdown without losing a refresh token, in bounded time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -63,12 +65,24 @@ class Presenting:
 
 class Flights:
     def __init__(
-        self, run: RefreshRun, *, presenting: Presenting, refresh_call_ceiling_seconds: float
+        self,
+        run: RefreshRun,
+        *,
+        presenting: Presenting,
+        refresh_call_ceiling_seconds: float,
+        held_claim_seconds: float,
     ) -> None:
         self._run = run
         self._presenting = presenting
         self._call_ceiling = refresh_call_ceiling_seconds
         self._flights: dict[uuid.UUID, Flight] = {}
+        # When a flight of each connection last started or ended here: a row
+        # the refresher's batch claimed before that may be stale (another
+        # flight stored a newer session, or was storing one while the batch
+        # read the row). Kept for as long as a held claim may be used.
+        self._held_seconds = held_claim_seconds
+        self._active_at: dict[uuid.UUID, float] = {}
+        self._pruned_size = 1024
 
     def __contains__(self, connection_id: uuid.UUID) -> bool:
         return connection_id in self._flights
@@ -105,6 +119,8 @@ class Flights:
                     raise
             except Exception:  # noqa: S110 - its own callers hear of it
                 pass
+        ask = self._usable(connection_id, ask)
+        self._note_active(connection_id)
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
             self._run(connection_id, ask, answered), name=f"refresh-{connection_id}"
@@ -113,6 +129,7 @@ class Flights:
         self._flights[connection_id] = flight
 
         def forget(_: asyncio.Task[IssuedToken], current: Flight = flight) -> None:
+            self._note_active(connection_id)
             if self._flights.get(connection_id) is current:
                 del self._flights[connection_id]
 
@@ -120,6 +137,28 @@ class Flights:
         # Also when the task is cancelled before it ever ran.
         task.add_done_callback(lambda _: resolve(answered))
         return flight
+
+    def _usable(self, connection_id: uuid.UUID, ask: Ask) -> Ask:
+        """``ask`` without its held claim when the row it read may be stale:
+        the refresh then reads and claims the row itself."""
+        held = ask.held
+        if held is None:
+            return ask
+        now = time.monotonic()
+        last = self._active_at.get(connection_id)
+        if now - held.at > self._held_seconds or (last is not None and last >= held.at):
+            return dataclasses.replace(ask, held=None)
+        return ask
+
+    def _note_active(self, connection_id: uuid.UUID) -> None:
+        now = time.monotonic()
+        self._active_at[connection_id] = now
+        if len(self._active_at) >= 2 * self._pruned_size:
+            # Amortized: what is older than any usable held claim says nothing.
+            self._active_at = {
+                key: at for key, at in self._active_at.items() if now - at <= self._held_seconds
+            }
+            self._pruned_size = max(1024, len(self._active_at))
 
     async def drain(self) -> None:
         """Shut down refreshes in flight without losing a refresh token, in bounded time.

@@ -5,6 +5,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from service.tokens.lease import HeldClaim
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,9 @@ class Ask:
     forced: bool  # refresh even when the session still has min_ttl left
     # Asked by the refresher, not a caller: not a use of the connection.
     proactive: bool = False
+    # The refresher's batch already claimed the row and read it: no statement
+    # before the upstream call, while that still holds (Flights.flight).
+    held: HeldClaim | None = field(default=None, compare=False)
 
 
 class ConnectionNotFound(Exception):

@@ -22,6 +22,7 @@ from service.tokens.issued import (
     NeedsReauth,
     UpstreamUnavailable,
 )
+from service.tokens.lease import HeldClaim
 from service.tokens.parts import TokenParts
 from service.tokens.refresh import Refresh
 from service.tokens.schedule import needed_ttl
@@ -53,7 +54,11 @@ class TokenIssuer:
             Refresh(parts, self.presenting).run,
             presenting=self.presenting,
             refresh_call_ceiling_seconds=parts.settings.refresh_call_ceiling_seconds,
+            # The refresher's lease leaves this much for the wait before a
+            # refresh starts (service.workers.refresher).
+            held_claim_seconds=parts.settings.lock_timeout_seconds,
         )
+        self.claims = parts.claims
 
     async def get_token(
         self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True
@@ -150,18 +155,27 @@ class TokenIssuer:
             connection_id, Ask(seen_version=read.token_version, min_ttl=0, forced=True)
         )
 
-    async def refresh_claimed(self, connection_id: uuid.UUID, *, seen_version: int) -> None:
-        """The refresher's call: refresh unless someone did since the claim read the row.
+    async def refresh_claimed(self, held: HeldClaim) -> None:
+        """The refresher's call: refresh a row its batch claimed, unless someone
+        did since the batch read it.
 
         Returns once Workfront has answered, not once the answer is stored: the
         refresher's concurrency bounds the refreshes on their way to Workfront,
         while storing (a statement and the durable commit) finishes in the
-        flight, which still holds the row lock and its share of the pool (or,
-        if that connection failed, stores again on another), and which
-        drain() waits for like any other. Its failure is logged here.
+        flight, which still holds the claim (or, if that statement failed,
+        stores again), and which drain() waits for like any other. Its
+        failure is logged here.
         """
+        connection_id = held.row.id
         flight = await self.flights.flight(
-            connection_id, Ask(seen_version=seen_version, min_ttl=0, forced=True, proactive=True)
+            connection_id,
+            Ask(
+                seen_version=held.row.token_version,
+                min_ttl=0,
+                forced=True,
+                proactive=True,
+                held=held,
+            ),
         )
 
         def log_failure(task: asyncio.Task[IssuedToken]) -> None:

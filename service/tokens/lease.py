@@ -47,14 +47,20 @@ log = logging.getLogger("service.broker")  # pinned: operators filter on it
 # The first key of every owner's advisory lock (two-key form: this, owner id).
 LEASE_LOCK_CLASS = 0x57_54_42  # "WTB"
 
-# The row as a refresh reads it, and whether another live process holds a claim.
-_ROW_COLUMNS = """
+# The row as a refresh reads it (the fields of LockedRow, in order), as
+# ``connections AS c``; the refresher's batch claim returns the same.
+ROW_COLUMNS = """
     c.id, c.status, c.access_token_enc, c.refresh_token_enc, c.expires_at, c.next_refresh_at,
     c.token_version, c.user_id, c.external_ref, c.last_error_class, c.refresh_failures,
     c.last_refreshed_at, c.last_used_at
 """
-_CLAIMED_ELSEWHERE = f"""(
-    c.refresh_lease_owner IS NOT NULL AND c.refresh_lease_owner <> $2
+
+
+def claimed_elsewhere(owner: str) -> str:
+    """SQL: whether ``connections AS c`` is claimed by a live process other than
+    ``owner`` (a parameter's placeholder: ``$2``, ``:owner``)."""
+    return f"""(
+    c.refresh_lease_owner IS NOT NULL AND c.refresh_lease_owner <> {owner}
     AND c.refresh_lease_until > now()
     AND EXISTS (
         SELECT 1 FROM pg_locks AS l
@@ -62,8 +68,11 @@ _CLAIMED_ELSEWHERE = f"""(
           AND l.classid = {LEASE_LOCK_CLASS} AND l.objid = c.refresh_lease_owner::oid
     )
 )"""  # noqa: S608 - built from constants, never input
+
+
+_CLAIMED_ELSEWHERE = claimed_elsewhere("$2")
 _READ = f"""
-    SELECT {_ROW_COLUMNS}, {_CLAIMED_ELSEWHERE} AS claimed_elsewhere
+    SELECT {ROW_COLUMNS}, {_CLAIMED_ELSEWHERE} AS claimed_elsewhere
     FROM connections AS c WHERE c.id = $1
 """  # noqa: S608 - built from constants, never input
 # A row locked by a short transaction (a deletion, a re-authorization, a key
@@ -151,6 +160,19 @@ class LockedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class HeldClaim:
+    """A row the refresher's batch claimed for this process, as the claim read it.
+
+    A refresh may present its refresh token with no statement first while
+    nothing in this process has refreshed the connection since ``at`` (see
+    Flights.flight), and the claim is young enough to outlast the refresh.
+    """
+
+    row: LockedRow
+    at: float  # time.monotonic() before the claim was sent
+
+
+@dataclass(frozen=True, slots=True)
 class TokenWrite:
     """A refresh's new tokens, sealed, as they are to be stored."""
 
@@ -186,6 +208,10 @@ class Claims:
         self._engine = engine
         self._owner = owner
         self._lease_seconds = lease_seconds
+
+    @property
+    def owner(self) -> LeaseOwner:
+        return self._owner
 
     async def read(self, connection_id: uuid.UUID) -> tuple[LockedRow, bool] | None:
         """The row, and whether another live process has claimed it (None: no row)."""

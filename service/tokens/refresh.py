@@ -1,7 +1,8 @@
 """One refresh of one connection: read -> claim -> Workfront -> store, then hand out.
 
 * Refreshes of one connection are serialized across every process by a claim
-  on its row (service.tokens.lease), taken at the version read: a refresh
+  on its row (service.tokens.lease), taken at the version read (or by the
+  refresher's batch, which read the row as it claimed it): a refresh
   that finds the row claimed by another live process waits for it to finish
   (polling the row, bounded by BROKER_LOCK_TIMEOUT_SECONDS) and, when the
   version moved meanwhile, hands out that refresh's session with no upstream
@@ -74,8 +75,19 @@ class Refresh:
         # the log lines of this refresh only.
         CONNECTION_ID.set(str(connection_id))
         try:
-            async with self._slots:
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                # Cancelled waiting for a slot (drain): a claim the refresher's
+                # batch took for this refresh is given up at once.
+                if ask.held is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(self._claims.release(connection_id))
+                raise
+            try:
                 outcome = await self._refresh(connection_id, ask, answered)
+            finally:
+                self._slots.release()
         except (ConnectionNotFound, NeedsReauth):
             self._reads.changed_here(connection_id)
             raise
@@ -88,7 +100,11 @@ class Refresh:
     async def _refresh(
         self, connection_id: uuid.UUID, ask: Ask, answered: asyncio.Future[None]
     ) -> IssuedToken:
-        row = await self._claimed_row(connection_id, ask)
+        if ask.held is not None:
+            # Claimed and read by the refresher's batch (still valid: Flights).
+            row: LockedRow | IssuedToken = ask.held.row
+        else:
+            row = await self._claimed_row(connection_id, ask)
         if isinstance(row, IssuedToken):
             return row
         try:

@@ -2,13 +2,16 @@
 idle connections' grants alive.
 
 Every serve process runs one. Each round claims a batch of due connections
-with ``FOR UPDATE SKIP LOCKED`` and pushes their ``next_refresh_at`` forward
-by a lease, in one short transaction: replicas never claim the same row, and a
-process killed mid-round only delays its rows until the lease runs out. The
-refresh itself goes through ``TokenIssuer.refresh_claimed``, which takes the row
-lock and skips the upstream call when the token version moved since the claim
-(an on-demand caller refreshed first), so a connection is never refreshed
-twice for one due date.
+in one short transaction (``FOR UPDATE SKIP LOCKED``): it pushes their
+``next_refresh_at`` forward by a lease, takes each row's refresh claim for
+this process and reads the row, so replicas never claim the same row and a
+worker calls Workfront with no statement first. A process killed mid-round
+voids its claims at once (service.tokens.lease); its rows are due again when
+the lease runs out. The refresh goes through ``TokenIssuer.refresh_claimed``:
+when a flight of that connection ran in this process since the batch read the
+row, it reads and claims the row again and skips the upstream call when the
+token version moved (an on-demand caller refreshed first), so a connection is
+never refreshed twice for one due date.
 """
 
 from __future__ import annotations
@@ -30,35 +33,45 @@ from service.logs import CONNECTION_ID
 from service.metrics import CONNECTIONS, REFRESHER_LAG, SOONEST_EXPIRY
 from service.tokens.issued import ConnectionNotFound, NeedsReauth, UpstreamUnavailable
 from service.tokens.issuer import TokenIssuer
+from service.tokens.lease import ROW_COLUMNS, HeldClaim, LockedRow, claimed_elsewhere
 from service.tokens.schedule import RefreshSchedule
 from service.workers.rounds import run_rounds
 
 log = logging.getLogger("service.refresher")  # pinned: operators filter on it
 
-# Also timed at 100,000 rows by bench/scale.py.
+_ROW_FIELDS = len(LockedRow.__dataclass_fields__)  # ROW_COLUMNS, then the claim's own
+
+# Also timed at 100,000 rows by bench/scale.py. The batch takes each row's
+# refresh claim for this process (service.tokens.lease) and reads it, so a
+# worker goes to Workfront with no statement first. Rows another live process
+# has claimed (an on-demand refresh there) are left: they are due again once
+# that refresh stores its session, or free when it fails.
 CLAIM_DUE = text(
-    """
+    f"""
     WITH due AS (
-        SELECT id, next_refresh_at AS due_at
-        FROM connections
-        WHERE status = 'active' AND next_refresh_at <= now()
-        ORDER BY next_refresh_at
+        SELECT c.id, c.next_refresh_at AS due_at
+        FROM connections AS c
+        WHERE c.status = 'active' AND c.next_refresh_at <= now()
+          AND NOT {claimed_elsewhere(":owner")}
+        ORDER BY c.next_refresh_at
         LIMIT :batch
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF c SKIP LOCKED
     )
     UPDATE connections AS c
-    SET next_refresh_at = now() + make_interval(secs => :lease)
+    SET next_refresh_at = now() + make_interval(secs => :lease),
+        refresh_lease_owner = :owner, refresh_lease_until = now() + make_interval(secs => :lease)
     FROM due
     WHERE c.id = due.id
-    RETURNING c.id, c.token_version, due.due_at, c.last_used_at, c.last_refreshed_at,
-        now() AS db_now
-    """
+    RETURNING {ROW_COLUMNS}, due.due_at, now() AS db_now
+    """  # noqa: S608 - built from constants, never input
 )
 
-# Idle claims whose grant needs no renewal yet: only their next due time moves.
+# Idle claims whose grant needs no renewal yet: only their next due time
+# moves, and the batch's claim on them is given up.
 _RESCHEDULE = text(
     """
-    UPDATE connections AS c SET next_refresh_at = v.at
+    UPDATE connections AS c
+    SET next_refresh_at = v.at, refresh_lease_owner = NULL, refresh_lease_until = NULL
     FROM unnest(CAST(:ids AS uuid[]), CAST(:ats AS timestamptz[])) AS v (id, at)
     WHERE c.id = v.id
     """
@@ -71,8 +84,7 @@ _SUMMARY = text(
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    connection_id: uuid.UUID
-    token_version: int
+    held: HeldClaim
     due_at: datetime
 
 
@@ -83,11 +95,10 @@ class Refresher:
         self._tokens = tokens
         self._schedule = RefreshSchedule(settings)
         # The lease must outlive one refresh, so a slow one is not claimed
-        # again meanwhile: a wait for a pooled connection (up to 10 s) and for
-        # the row lock, the upstream call (its ceiling), storing the answer
-        # again if the locked connection failed (up to 2 x the upstream
-        # timeout; the row is unlocked then), and 10 s for rollbacks and
-        # closes between.
+        # again meanwhile: the wait for a worker (a held claim is used only
+        # within BROKER_LOCK_TIMEOUT_SECONDS of the batch, see Flights), the
+        # upstream call (its ceiling), storing the answer again if a statement
+        # failed (up to 2 x the upstream timeout), and 20 s of margin.
         self._lease_seconds = max(
             60.0,
             settings.lock_timeout_seconds
@@ -172,7 +183,7 @@ class Refresher:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
                     raise
-                log.info("refresher: refresh of %s was cancelled", claim.connection_id)
+                log.info("refresher: refresh of %s was cancelled", claim.held.row.id)
             finally:
                 self._busy -= 1
                 self._changed.set()
@@ -180,10 +191,18 @@ class Refresher:
     async def _claim(self) -> tuple[list[Claim], int]:
         """The claims to refresh, and how many due rows the batch took (idle
         ones rescheduled included)."""
+        owner = self._tokens.claims.owner
+        # A claim is only as good as its owner's liveness lock (lease.py).
+        await owner.ensure()
+        at = time.monotonic()
         async with self._database() as db, db.begin():
             result = await db.execute(
                 CLAIM_DUE,
-                {"batch": self._settings.refresher_batch_size, "lease": self._lease_seconds},
+                {
+                    "batch": self._settings.refresher_batch_size,
+                    "lease": self._lease_seconds,
+                    "owner": owner.id,
+                },
             )
             rows = result.all()
             claims: list[Claim] = []
@@ -196,7 +215,8 @@ class Refresher:
                     last_refreshed_at=row.last_refreshed_at,
                 )
                 if until is None:
-                    claims.append(Claim(row.id, row.token_version, row.due_at))
+                    locked = LockedRow(*row[:_ROW_FIELDS])
+                    claims.append(Claim(HeldClaim(locked, at), row.due_at))
                 else:
                     later[row.id] = until
             if later:
@@ -205,16 +225,15 @@ class Refresher:
             return claims, len(rows)
 
     async def _refresh(self, claim: Claim) -> None:
-        CONNECTION_ID.set(str(claim.connection_id))  # each worker is its own task
+        connection_id = claim.held.row.id
+        CONNECTION_ID.set(str(connection_id))  # each worker is its own task
         try:
-            await self._tokens.refresh_claimed(
-                claim.connection_id, seen_version=claim.token_version
-            )
+            await self._tokens.refresh_claimed(claim.held)
         except (ConnectionNotFound, NeedsReauth, UpstreamUnavailable):
             pass  # recorded on the row by the broker; the schedule says what next
         except Exception:
             # One bad row must not stop the worker; its lease brings it back.
-            log.exception("refresher: refreshing %s failed", claim.connection_id)
+            log.exception("refresher: refreshing %s failed", connection_id)
 
     async def _update_gauges(self) -> None:
         async with self._database() as db:

@@ -224,3 +224,102 @@ async def test_the_first_read_after_idle_pays_one_shared_refresh(
         # A caller's refresh is a use: scheduled ahead of expiry, warm.
         assert row["next_refresh_at"] == row["expires_at"] - timedelta(seconds=300)
     assert await emulator.presented_twice() == []
+
+
+async def _batch_claim(broker: BrokerHarness, connection_id: uuid.UUID) -> tuple[Refresher, Any]:
+    """The refresher's batch claim of one due connection (its HeldClaim)."""
+    runtime = _runtime(broker)
+    refresher = Refresher(
+        settings=runtime.settings, database=runtime.database, tokens=runtime.tokens
+    )
+    claims, _ = await refresher._claim()
+    assert [claim.held.row.id for claim in claims] == [connection_id]
+    return refresher, claims[0]
+
+
+async def _refresh_held(broker: BrokerHarness, refresher: Refresher, claim: Any) -> None:
+    await refresher._refresh(claim)
+    await _runtime(broker).tokens.flights.drain()  # until stored
+
+
+async def test_a_batch_claim_refreshes_with_no_statement_before_workfront(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    """The batch claimed and read the row: the worker presents its token at once,
+    and stores under that claim (cleared)."""
+    async with running_broker(_policy(settings_for), emulator) as broker:
+        connection_id = await broker.connect("held")
+        await _age(db, connection_id, used=60, refreshed=1700)
+        refresher, claim = await _batch_claim(broker, connection_id)
+        owner = _runtime(broker).tokens.claims.owner.id
+        claimed = await _row(db, connection_id)
+        assert (claimed["refresh_lease_owner"], claimed["token_version"]) == (owner, 1)
+        await _refresh_held(broker, refresher, claim)
+        row = await _row(db, connection_id)
+        assert row["token_version"] == 2
+        assert row["refresh_lease_owner"] is None and row["refresh_lease_until"] is None
+    assert len(await refresh_requests(emulator)) == 1
+    assert await emulator.presented_twice() == []
+
+
+async def test_a_batch_claim_is_not_used_once_this_process_refreshed_since(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    """An on-demand refresh here after the batch read the row: the row it holds
+    is stale, so the worker reads again, finds the newer session, and never
+    presents the refresh token that on-demand refresh already used."""
+    async with running_broker(_policy(settings_for), emulator) as broker:
+        connection_id = await broker.connect("raced")
+        headers = await broker.api_key("tokens:read")
+        await _age(db, connection_id, used=60, refreshed=1700)
+        refresher, claim = await _batch_claim(broker, connection_id)
+        forced = await broker.client.post(
+            f"/v1/connections/{connection_id}/refresh", headers=headers
+        )
+        assert forced.status_code == 200 and forced.json()["session_version"] == "2"
+        await _refresh_held(broker, refresher, claim)
+        row = await _row(db, connection_id)
+        assert row["token_version"] == 2 and row["refresh_lease_owner"] is None
+    assert len(await refresh_requests(emulator)) == 1
+    assert await emulator.presented_twice() == []
+
+
+async def test_a_batch_claim_taken_while_a_refresh_was_storing_is_not_used(
+    clean_db: None,
+    emulator: Emulator,
+    settings_for: Callable[..., Settings],
+    db: asyncpg.Connection,
+) -> None:
+    """The batch claimed the row while an on-demand refresh of this process was
+    at Workfront (its claim is this process's too, so the batch takes the row):
+    that refresh stores after the batch read the row, and the worker must not
+    present the refresh token it read."""
+    async with running_broker(_policy(settings_for), emulator) as broker:
+        connection_id = await broker.connect("overlap")
+        headers = await broker.api_key("tokens:read")
+        tokens = _runtime(broker).tokens
+        await emulator.configure(latency_ms=800)
+        on_demand = asyncio.create_task(
+            broker.client.post(f"/v1/connections/{connection_id}/refresh", headers=headers)
+        )
+        while not tokens.presenting:
+            await asyncio.sleep(0.01)
+        await db.execute(
+            "UPDATE connections SET next_refresh_at = now() - interval '1 second' WHERE id = $1",
+            connection_id,
+        )
+        refresher, claim = await _batch_claim(broker, connection_id)
+        assert claim.held.row.token_version == 1
+        assert (await on_demand).status_code == 200
+        await emulator.configure(latency_ms=0)
+        await _refresh_held(broker, refresher, claim)
+        row = await _row(db, connection_id)
+        assert row["token_version"] == 2 and row["refresh_lease_owner"] is None
+    assert len(await refresh_requests(emulator)) == 1
+    assert await emulator.presented_twice() == []
