@@ -41,7 +41,7 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 # The refresher's own claim query, with its batch and lease as literals.
 _CLAIM = "EXPLAIN (ANALYZE, FORMAT JSON)" + CLAIM_DUE.text.replace(":batch", "100").replace(
     ":lease", "60"
-)
+).replace(":owner", "1")
 
 
 def _sample_rss(pid: int, until: float, samples: list[float]) -> None:
