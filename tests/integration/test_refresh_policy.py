@@ -260,7 +260,8 @@ async def test_a_batch_claim_refreshes_with_no_statement_before_workfront(
         await _refresh_held(broker, refresher, claim)
         row = await _row(db, connection_id)
         assert row["token_version"] == 2
-        assert row["refresh_lease_owner"] is None and row["refresh_lease_until"] is None
+        assert row["refresh_lease_owner"] is None
+        assert row["refresh_lease_until"] is None
     assert len(await refresh_requests(emulator)) == 1
     assert await emulator.presented_twice() == []
 
@@ -282,10 +283,12 @@ async def test_a_batch_claim_is_not_used_once_this_process_refreshed_since(
         forced = await broker.client.post(
             f"/v1/connections/{connection_id}/refresh", headers=headers
         )
-        assert forced.status_code == 200 and forced.json()["session_version"] == "2"
+        assert forced.status_code == 200
+        assert forced.json()["session_version"] == "2"
         await _refresh_held(broker, refresher, claim)
         row = await _row(db, connection_id)
-        assert row["token_version"] == 2 and row["refresh_lease_owner"] is None
+        assert row["token_version"] == 2
+        assert row["refresh_lease_owner"] is None
     assert len(await refresh_requests(emulator)) == 1
     assert await emulator.presented_twice() == []
 
@@ -320,6 +323,7 @@ async def test_a_batch_claim_taken_while_a_refresh_was_storing_is_not_used(
         await emulator.configure(latency_ms=0)
         await _refresh_held(broker, refresher, claim)
         row = await _row(db, connection_id)
-        assert row["token_version"] == 2 and row["refresh_lease_owner"] is None
+        assert row["token_version"] == 2
+        assert row["refresh_lease_owner"] is None
     assert len(await refresh_requests(emulator)) == 1
     assert await emulator.presented_twice() == []
