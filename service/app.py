@@ -18,7 +18,7 @@ from service.web.fastpath import TokenFastPath
 from service.web.head import HeadAsGet
 from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
-from service.web.routes import clients, connect_sessions, connections, oauth, ops, status
+from service.web.routes import clients, connect_sessions, connections, oauth, ops, proxy, status
 from service.web.schemas import ConnectSessionCreate
 from service.workers.running import Workers, start_workers
 
@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for module in (oauth, connections, connect_sessions, clients, ops, status):
+    for module in (oauth, connections, proxy, connect_sessions, clients, ops, status):
         app.include_router(module.router)
     # The pages' stylesheet and icon, served by the broker itself so the pages
     # load nothing from a third party; a mount stays out of the OpenAPI document.

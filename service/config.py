@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     # per process. None holds a database connection while Workfront answers
     # (service.tokens.lease), so this bounds only the connections to Workfront.
     refresh_concurrency: int = Field(default=100, ge=1, le=10_000)
+    # The proxy (/v1/connections/{id}/workfront/...), per instance and per
+    # process: Workfront limits each customer's concurrent API requests (no
+    # number published) and answers 429 past it. Calls beyond this wait, at
+    # most proxy_queue of them for at most proxy_queue_timeout_seconds;
+    # beyond that the caller is told to come back (429 / 503, Retry-After).
+    proxy_concurrency: int = Field(default=10, ge=1, le=1000)
+    proxy_queue: int = Field(default=100, ge=0, le=100_000)
+    proxy_queue_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # How long the proxy waits for Workfront's answer to start, and then for
+    # each further part of it (an export may take a while to begin).
+    proxy_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
     # In-memory caches of the hot path (API key -> client, connection -> its
     # decrypted session). Their lifetime bounds how long another replica may
     # go on honouring a revoked key or a deleted connection: the contract says

@@ -47,3 +47,21 @@ HOT_CACHE_READS = Counter(
     " request path, or a background revalidation round.",
     ["cache", "kind"],
 )
+# The proxy (service.proxy): method is one of GET, POST, PUT, DELETE; status
+# the answer's class (2xx ... 5xx), the broker's own refusals included.
+PROXY_REQUESTS = Counter(
+    "broker_proxy_requests_total",
+    "Calls through the Workfront proxy by instance, method and status class.",
+    ["instance", "method", "status"],
+)
+PROXY_UPSTREAM_LATENCY = Histogram(
+    "broker_proxy_upstream_seconds",
+    "Time from sending a proxied call to Workfront's answer starting.",
+    ["instance"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
+)
+PROXY_RETRIES = Counter(
+    "broker_proxy_retries_total",
+    "Proxied calls sent once more after Workfront said their session was dead.",
+    ["instance"],
+)

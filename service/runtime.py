@@ -18,12 +18,14 @@ from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
 from service.db.engine import Database, autocommit, make_database, make_engine
 from service.db.migrations import alembic_head
+from service.proxy.relay import Relay
 from service.signin.states import StateSigner
 from service.tokens.issuer import TokenIssuer
 from service.tokens.lease import LeaseOwner
 from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
 from service.workfront import WorkfrontClient
+from service.workfront.passthrough import open_passthrough_session
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Runtime:
     schema_head: str | None
     stored_keys: StoredKeyCheck
     state_signer: StateSigner
+    relay: Relay  # the Workfront proxy's calls
 
 
 @asynccontextmanager
@@ -61,6 +64,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         async with (
             make_webhook_client(settings) as http,
             WorkfrontClient.open(settings) as workfront,
+            open_passthrough_session(settings) as passthrough,
         ):
             admin = settings.admin_api_key
             reader = autocommit(engine)
@@ -72,6 +76,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 workfront=workfront,
                 owner=owner,
             )
+            tokens = TokenIssuer(parts)
             yield Runtime(
                 settings=settings,
                 engine=engine,
@@ -80,7 +85,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 http=http,
                 workfront=workfront,
                 reader=reader,
-                tokens=TokenIssuer(parts),
+                tokens=tokens,
                 connections=ConnectionLifecycle(parts),
                 authenticator=ApiKeyAuthenticator(
                     reader=reader,
@@ -91,6 +96,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 schema_head=alembic_head(),
                 stored_keys=StoredKeyCheck(cipher),
                 state_signer=StateSigner(cipher, lifetime_seconds=settings.signin_ttl_seconds),
+                relay=Relay(settings=settings, tokens=tokens, http=passthrough),
             )
     finally:
         keeping.cancel()

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from typing import Literal, get_args
 
 KEY_PREFIX = "wtb_"
-Scope = Literal["tokens:read", "connections:read", "connections:write", "admin"]
+Scope = Literal["tokens:read", "connections:read", "connections:write", "workfront:proxy", "admin"]
 SCOPES: tuple[Scope, ...] = get_args(Scope)
 ADMIN: Scope = "admin"
 

@@ -1,7 +1,8 @@
 """The emulator's ASGI app: Workfront's OAuth2 and API routes, and ``run_emulator``.
 
 It speaks the upstream protocol the broker uses (authorize page, token
-endpoint in both documented styles, /attask/api/<version>/session|logout|proj/search),
+endpoint in both documented styles, /attask/api/<version>/session|logout and the
+object API of ``service.emulator.objects``),
 at the paths of ``service.workfront.protocol``, and mounts the control endpoints
 under /__emulator/ (``service.emulator.control``) so tests can inject faults,
 change behaviour at run time and inspect what a client did. State
@@ -27,23 +28,17 @@ from starlette.types import Receive, Scope, Send
 
 from service.emulator.control import add_control_routes
 from service.emulator.faults import RAW_SEND, delay, drop_connection, serve_fault
+from service.emulator.objects import add_object_routes, api_gate
 from service.emulator.pages import login_form, refused
 from service.emulator.settings import EmulatorSettings
-from service.emulator.state import EmulatorState, h32, oauth_error
+from service.emulator.state import EmulatorState, oauth_error
 from service.workfront.protocol import (
-    API_PATH,
+    API_ROOT,
     AUTHORIZE_PATH,
     LOGOUT_PATH,
     SESSION_PATH,
     TOKEN_PATH,
 )
-
-_NOT_LOGGED_IN = {
-    "error": {
-        "class": "com.attask.common.AuthenticationException",
-        "message": "You are not currently logged in.",
-    }
-}
 
 
 def _parse_form(body: bytes) -> dict[str, str] | None:
@@ -117,7 +112,23 @@ class _EmulatorApp(FastAPI):
                 response = await self.token_endpoint(Request(scope, receive, send))
                 await response(scope, receive, send)
                 return
+            if scope["path"].startswith(API_ROOT):
+                await self._api_call(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
+
+    async def _api_call(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An API call: its latency (``api_latency_ms``), and how many are in
+        flight at once (the most, for tests of the broker's proxy gate)."""
+        state: EmulatorState = self.state.emulator
+        state.api_in_flight += 1
+        state.api_in_flight_most = max(state.api_in_flight_most, state.api_in_flight)
+        try:
+            if state.settings.api_latency_ms > 0:
+                await asyncio.sleep(state.settings.api_latency_ms / 1000)
+            await super().__call__(scope, receive, send)
+        finally:
+            state.api_in_flight -= 1
 
 
 def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
@@ -202,56 +213,24 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
 
     app.token_endpoint = token
 
-    def not_logged_in() -> Response:
-        """Workfront's answer to a dead or unknown sessionID (its status a switch)."""
-        return JSONResponse(_NOT_LOGGED_IN, state.settings.dead_session_status)
-
     @app.get(SESSION_PATH)
     async def session_info(request: Request, version: str) -> Response:
-        session = state.live_session(request.headers.get("sessionID"))
-        if session is None:
-            return not_logged_in()
+        session = api_gate(state, request)
+        if isinstance(session, Response):
+            return session
         user = state.users[session.user_id]
         data = {"userID": user.user_id, "customerID": user.customer_id, "userName": user.username}
         return JSONResponse({"data": data})
 
     @app.get(LOGOUT_PATH)
     async def logout(request: Request, version: str) -> Response:
-        token = request.headers.get("sessionID")
-        if state.live_session(token) is None:
-            return not_logged_in()
-        del state.sessions[token or ""]
+        session = api_gate(state, request)
+        if isinstance(session, Response):
+            return session
+        del state.sessions[request.headers.get("sessionID", "")]
         return JSONResponse({"data": {"success": True}})
 
-    @app.get(API_PATH + "/proj/search")
-    async def proj_search(request: Request, version: str) -> Response:
-        session = state.live_session(request.headers.get("sessionID"))
-        if session is None:
-            return not_logged_in()
-        customer = state.users[session.user_id].customer_id
-        names = ("Website relaunch", "Q3 campaign", "Data migration")
-        data = [
-            {"ID": h32(f"proj:{customer}:{n}"), "name": n, "objCode": "PROJ", "status": "CUR"}
-            for n in names
-        ]
-        return JSONResponse({"data": data})
-
-    @app.post(API_PATH + "/proj")
-    async def proj_create(request: Request, version: str) -> Response:
-        """Create a project (a stand-in for any write through the API): the
-        request's own JSON object comes back as the new object's fields."""
-        session = state.live_session(request.headers.get("sessionID"))
-        if session is None:
-            return not_logged_in()
-        try:
-            fields = json.loads(await request.body() or b"{}")
-        except ValueError:
-            fields = None
-        if not isinstance(fields, dict):
-            return JSONResponse({"error": {"message": "a JSON object is required"}}, 422)
-        made = {**fields, "ID": h32(f"proj:{secrets.token_hex(8)}"), "objCode": "PROJ"}
-        return JSONResponse({"data": made})
-
+    add_object_routes(app, state)
     add_control_routes(app, state)
 
     return app

@@ -1,7 +1,8 @@
 """The emulator's switches under /__emulator/ (tests and benchmarks only).
 
-Settings, queued faults, the request log, counters, reset, revoking a user,
-seeding grants and expiring sessions. Every input is validated before
+Settings, queued faults (token endpoint and API calls), the request logs
+(API calls with their headers), counters, reset, revoking a user, seeding
+grants, and expiring or ending sessions. Every input is validated before
 anything changes: a bad field answers 422 and changes nothing.
 """
 
@@ -106,12 +107,47 @@ def add_control_routes(app: FastAPI, state: EmulatorState) -> None:
         return JSONResponse({"grants": grants})
 
     @app.post("/__emulator/expire-sessions")
-    async def expire_sessions() -> Response:
+    async def expire_sessions(request: Request) -> Response:
+        """Expire every live session, or with {"username": ...} that user's only."""
+        username = (await _json_object(request)).get("username")
+        if username is not None and not isinstance(username, str):
+            raise _Invalid("username must be a string")
         now = time.monotonic()
-        live = [x for x in state.sessions.values() if x.expires_at > now]
+        live = [
+            x
+            for x in state.sessions.values()
+            if x.expires_at > now
+            and (username is None or state.users[x.user_id].username == username)
+        ]
         for session in live:
             session.expires_at = now
         return JSONResponse({"expired": len(live)})
+
+    @app.post("/__emulator/logout-all")
+    async def logout_all() -> Response:
+        """End every session, as a user logging out everywhere would."""
+        ended = len(state.sessions)
+        state.sessions.clear()
+        return JSONResponse({"ended": ended})
+
+    @app.post("/__emulator/api-faults")
+    async def add_api_faults(request: Request) -> Response:
+        """Answers for the next API calls, in order: {"faults": [{"status": 429,
+        "retry_after": 2}, ...]} (the token endpoint has its own, /faults)."""
+        data = await _json_object(request)
+        if not isinstance(data.get("faults"), list):
+            raise _Invalid("body must be {'faults': [...]}")
+        checked = [
+            _check_fault({"kind": "status", **raw} if isinstance(raw, dict) else raw)
+            for raw in data["faults"]
+        ]
+        state.api_faults.extend(checked)
+        return JSONResponse({"queued": len(state.api_faults)})
+
+    @app.get("/__emulator/api-requests")
+    async def get_api_requests() -> Response:
+        """Every API call (session, logout, objects) with its headers."""
+        return JSONResponse({"requests": state.api_requests})
 
     @app.get("/__emulator/refresh-token-reuse")
     async def refresh_token_reuse() -> Response:

@@ -24,6 +24,7 @@ class EmulatorSettings:
     reuse_detection: bool = True
     omit_refresh_token: bool = False  # rotation off: omit refresh_token instead of repeating it
     latency_ms: float = 0.0  # added to every token-endpoint request
+    api_latency_ms: float = 0.0  # added to every /attask/api/ call
     code_ttl_seconds: float = 120.0
     hang_seconds: float = 30.0  # how long a "timeout" fault sleeps before answering
     # The status of an API call with a dead or unknown sessionID: 401, or 200

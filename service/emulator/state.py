@@ -115,6 +115,13 @@ class EmulatorState:
         self.sessions: dict[str, _Session] = {}
         self.faults: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
+        # The API side (service.emulator.objects): calls with their headers,
+        # queued faults, and each customer's objects by kind.
+        self.api_requests: list[dict[str, Any]] = []
+        self.api_faults: deque[dict[str, Any]] = deque()
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {}
+        self.api_in_flight = 0
+        self.api_in_flight_most = 0
         self.counters: Counter[str] = Counter()
 
     # -- authorize -------------------------------------------------------------------------
@@ -275,4 +282,6 @@ class EmulatorState:
         out["grants_live"] = sum(1 for g in self.grants.values() if not g.revoked)
         out["users"] = len(self.users)
         out["faults_queued"] = len(self.faults)
+        out["api_calls"] = len(self.api_requests)
+        out["api_in_flight_most"] = self.api_in_flight_most
         return out

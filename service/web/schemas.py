@@ -10,6 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.apikeys.keys import Scope
+from service.workfront.protocol import SESSION_HEADER
 
 if TYPE_CHECKING:
     from service.tokens.issued import IssuedToken
@@ -65,7 +66,7 @@ def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
             "workfront_url": workfront_url,
             "user_id": issued.user_id,
             "session_version": issued.session_version,
-            "headers": {"sessionID": issued.session_id},
+            "headers": {SESSION_HEADER: issued.session_id},
         },
         option=orjson.OPT_UTC_Z,
     )

@@ -5,6 +5,8 @@ outcomes mapped to the answer, the metrics, and the read's parameters."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from fastapi import Response
@@ -112,10 +114,18 @@ async def _issue_unmetered(
     min_ttl: int | None,
     if_match: frozenset[str] | None,
 ) -> IssuedToken:
-    try:
+    with session_problems():
         if min_ttl is None:
             return await runtime.tokens.force_refresh(connection_id, if_match=if_match)
         return await runtime.tokens.get_token(connection_id, min_ttl=min_ttl)
+
+
+@contextmanager
+def session_problems() -> Iterator[None]:
+    """The token path's failures as the API answers them (the token routes, the
+    fast path and the proxy alike)."""
+    try:
+        yield
     except ConnectionNotFound:
         raise not_found() from None
     except NeedsReauth:

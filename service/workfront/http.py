@@ -41,7 +41,7 @@ def _proxy_for(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
     """The CA bundle named by SSL_CERT_FILE / SSL_CERT_DIR when set (OpenSSL reads
     them), else certifi's: the same trust httpx gave, whatever the image's own store."""
     if os.environ.get("SSL_CERT_FILE") or os.environ.get("SSL_CERT_DIR"):
@@ -70,7 +70,7 @@ async def open_session(settings: Settings) -> AsyncIterator[aiohttp.ClientSessio
         connector=aiohttp.TCPConnector(
             limit=max(settings.refresh_concurrency, settings.refresher_concurrency) + 16,
             limit_per_host=0,
-            ssl=_tls_context(),
+            ssl=tls_context(),
         ),
         # Never carry one user's Workfront cookies into another's call.
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -19,10 +19,14 @@ import hashlib
 AUTHORIZE_PATH = "/integrations/oauth2/authorize"
 TOKEN_PATH = "/integrations/oauth2/api/v1/token"
 
-# The REST API of one version (BROKER_WORKFRONT_API_VERSION, e.g. v21.0).
-API_PATH = "/attask/api/{version}"
+# The REST API of one version (BROKER_WORKFRONT_API_VERSION, e.g. v21.0),
+# under the root the proxy may reach (and nothing outside it).
+API_ROOT = "/attask/api/"
+API_PATH = API_ROOT + "{version}"
 SESSION_PATH = API_PATH + "/session"  # GET with a sessionID header: whose session it is
 LOGOUT_PATH = API_PATH + "/logout"  # GET with a sessionID header: end that session
+# The header an API call carries its session in (the token answer's ``headers``).
+SESSION_HEADER = "sessionID"
 
 # Bounds of what we store from upstream answers (the columns' sizes).
 MAX_SESSION_SECONDS = 366 * 86_400.0
