@@ -354,10 +354,14 @@ PERCENTILES = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99]
 _LUA = """
 local paths = {}
 local header = os.getenv("BENCH_AUTH")
+local extra_name = os.getenv("BENCH_HEADER_NAME")
 local interval = tonumber(os.getenv("BENCH_INTERVAL_MS") or "0")
 for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
 local counter = math.random(#paths)
 if header and header ~= "" then wrk.headers["Authorization"] = header end
+if extra_name and extra_name ~= "" then
+  wrk.headers[extra_name] = os.getenv("BENCH_HEADER_VALUE")
+end
 
 function request()
   counter = counter % #paths + 1
@@ -404,8 +408,10 @@ def run_wrk(
     auth: str | None = None,
     interval_ms: float = 0,
     threads: int = 2,
+    header: tuple[str, str] | None = None,
 ) -> WrkResult:
-    """wrk over ``paths`` in turn; ``interval_ms`` paces each connection (mean wait)."""
+    """wrk over ``paths`` in turn; ``interval_ms`` paces each connection (mean
+    wait); ``header``: one more request header (name, value)."""
     wrk = require_wrk()
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "bench.lua"
@@ -417,6 +423,8 @@ def run_wrk(
             "BENCH_PATHS": str(paths_file),
             "BENCH_AUTH": f"Bearer {auth}" if auth else "",
             "BENCH_INTERVAL_MS": str(interval_ms),
+            "BENCH_HEADER_NAME": header[0] if header else "",
+            "BENCH_HEADER_VALUE": header[1] if header else "",
         }
         out = subprocess.run(
             [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(script), base_url],

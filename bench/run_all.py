@@ -26,6 +26,7 @@ SCRIPTS = (
     "refresh_economy.py",
     "burst.py",
     "signin_flood.py",
+    "workfront_calls.py",
 )
 
 

@@ -18,6 +18,7 @@ from service.web.fastpath import TokenFastPath
 from service.web.head import HeadAsGet
 from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
+from service.web.proxy_fastpath import ProxyFastPath
 from service.web.routes import clients, connect_sessions, connections, oauth, ops, proxy, status
 from service.web.schemas import ConnectSessionCreate
 from service.workers.running import Workers, start_workers
@@ -96,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Inside the access log (added later = outer), so its answers are logged too.
     app.add_middleware(TokenFastPath)
+    app.add_middleware(ProxyFastPath)
     # Outside the fast path (a HEAD of the token is answered like its GET),
     # inside the access log (which records HEAD as HEAD).
     app.add_middleware(HeadAsGet)

@@ -29,6 +29,10 @@ def upstream_rest(raw_rest: str) -> str | None:
     for segment in raw_rest.split("/"):
         if not _RAW_SEGMENT.fullmatch(segment):
             return None  # empty (//), a backslash, a space, a control character...
+        if "%" not in segment:
+            if segment in (".", ".."):
+                return None
+            continue  # nothing to decode: what was checked is what is sent
         once = unquote(segment)
         twice = unquote(once)
         if any(part in (".", "..") for part in (segment, once, twice)):

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+from prometheus_client import Histogram
 from yarl import URL
 
 from service.config import Settings
@@ -46,6 +47,17 @@ from service.workfront.protocol import API_ROOT, SESSION_HEADER
 REPLAYABLE_BODY = 1024 * 1024
 
 BodyChunks = AsyncIterator[bytes]
+
+
+_LATENCIES: dict[str, Histogram] = {}
+
+
+def _latency(instance: str) -> Histogram:
+    """The latency histogram's child for an instance (``labels()`` looked up once)."""
+    child = _LATENCIES.get(instance)
+    if child is None:
+        child = _LATENCIES[instance] = PROXY_UPSTREAM_LATENCY.labels(instance=instance)
+    return child
 
 
 class UpstreamFailed(Exception):
@@ -184,9 +196,7 @@ class Relay:
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(type(exc).__name__) from None
-        PROXY_UPSTREAM_LATENCY.labels(instance=request.instance).observe(
-            time.perf_counter() - started
-        )
+        _latency(request.instance).observe(time.perf_counter() - started)
         first, complete = b"", False
         try:
             if (

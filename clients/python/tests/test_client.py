@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 import requests
@@ -205,4 +206,78 @@ async def test_requests_gets_the_same(served: Served, broker: BrokerHarness) -> 
 
     assert await asyncio.to_thread(after_expiry) == (200, [401])
     assert len(await refresh_requests(broker.emulator)) == 1
+    auth.close()
+
+
+async def test_twenty_threads_and_twenty_tasks_share_one_session(
+    served: Served, broker: BrokerHarness
+) -> None:
+    """1,000 Workfront calls from 20 threads and 20 tasks through one BrokerAuth:
+    one broker call while the session lives."""
+    auth = served.auth()
+    sync_statuses: list[int] = []
+
+    def thread_calls() -> None:
+        with httpx.Client(base_url=served.workfront_url, auth=auth) as workfront:
+            sync_statuses.extend(workfront.get(SEARCH).status_code for _ in range(25))
+
+    def threads() -> None:
+        running = [threading.Thread(target=thread_calls) for _ in range(20)]
+        for thread in running:
+            thread.start()
+        for thread in running:
+            thread.join()
+
+    async with httpx.AsyncClient(base_url=served.workfront_url, auth=auth) as workfront:
+
+        async def task_calls() -> list[int]:
+            return [(await workfront.get(SEARCH)).status_code for _ in range(25)]
+
+        threaded = asyncio.create_task(asyncio.to_thread(threads))
+        tasked = await asyncio.gather(*(task_calls() for _ in range(20)))
+        await threaded
+    assert sync_statuses == [200] * 500
+    assert [status for statuses in tasked for status in statuses] == [200] * 500
+    assert await _broker_calls(served, "token") == 1
+    assert await _broker_calls(served, "refresh") == 0
+    assert await refresh_requests(broker.emulator) == []
+    await auth.aclose()
+
+
+@pytest.mark.parametrize("dead_status", [401, 200], ids=["401", "2xx-error-body"])
+async def test_a_session_killed_under_fifty_callers_costs_one_refresh(
+    served: Served, broker: BrokerHarness, dead_status: int
+) -> None:
+    await broker.emulator.configure(dead_session_status=dead_status)
+    auth = served.auth()
+    async with httpx.AsyncClient(base_url=served.workfront_url, auth=auth) as workfront:
+        assert "data" in (await workfront.get(SEARCH)).json()
+        await _expire_sessions(broker)
+        answers = await asyncio.gather(*(workfront.get(SEARCH) for _ in range(50)))
+    assert {answer.status_code for answer in answers} == {200}
+    assert all(len(answer.json()["data"]) == 3 for answer in answers)
+    assert len(await refresh_requests(broker.emulator)) == 1
+    assert await _broker_calls(served, "refresh") == 1
+    await auth.aclose()
+
+
+async def test_a_connection_that_needs_reauth_raises_at_once_with_one_broker_call(
+    served: Served, broker: BrokerHarness, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "UPDATE connections SET status = 'needs_reauth' WHERE id = $1", served.connection_id
+    )
+    auth = served.auth()
+    before = len(await broker.emulator.requests())
+    with httpx.Client(base_url=served.workfront_url, auth=auth) as workfront:
+        with pytest.raises(NeedsReauth) as raised:
+            workfront.get(SEARCH)
+    assert raised.value.connection_id == str(served.connection_id)
+    async with httpx.AsyncClient() as client:
+        metrics = (await client.get(f"{served.broker_url}/metrics")).text
+    calls = re.findall(r'^broker_token_requests_total\{kind="(\w+)",outcome="([\w-]+)"\} (\S+)$',
+                       metrics, re.M)  # fmt: skip
+    assert sum(float(n) for _, _, n in calls) == 1  # the one token read, answered 409
+    assert ("token", "needs-reauth", "1.0") in calls
+    assert len(await broker.emulator.requests()) == before  # nothing was refreshed
     auth.close()

@@ -3,8 +3,10 @@
 One source per (broker, key, connection), shared by every thread and task
 that uses it: a session is fetched once and kept until ``min_ttl`` before it
 expires; concurrent callers wait for the one broker call in flight instead of
-each making their own (a lock per flavour: threads, and tasks of the event
-loop that first used it). A session Workfront rejected is refreshed with
+each making their own, threads and tasks alike: one lock guards the broker
+calls, which threads wait for and tasks (one at a time, behind a lock of
+their loop's) take without blocking their event loop. A session Workfront
+rejected is refreshed with
 ``If-Match`` naming it, so callers who saw the same session die cause one
 refresh, at the broker too.
 """
@@ -169,28 +171,44 @@ class SessionSource:
             self._task_lock = asyncio.Lock()
         return self._async_client, self._task_lock
 
+    async def _take_thread_lock(self) -> None:
+        """Take the lock threads wait on, without blocking the event loop: a
+        thread's broker call in flight is waited for, not repeated."""
+        # Polled: a threading.Lock has no awaitable form, and acquiring it in a
+        # worker thread would leave it held if this task were cancelled meanwhile.
+        while not self._thread_lock.acquire(blocking=False):  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+
     async def acurrent(self) -> Session:
         usable = self._usable()
         if usable is not None:
             return usable
         client, lock = self._async()
         async with lock:
-            usable = self._usable()
-            if usable is None:
-                usable = await self._acall(
-                    client.get(self._token_url, headers=self._auth, params=self._min_ttl_param)
-                )
-            return usable
+            await self._take_thread_lock()
+            try:
+                usable = self._usable()
+                if usable is None:
+                    usable = await self._acall(
+                        client.get(self._token_url, headers=self._auth, params=self._min_ttl_param)
+                    )
+                return usable
+            finally:
+                self._thread_lock.release()
 
     async def arenewed(self, rejected: Session) -> Session:
         client, lock = self._async()
         async with lock:
-            held = self._session
-            if held is not None and held.etag != rejected.etag:
-                return held
-            return await self._acall(
-                client.post(self._refresh_url, headers=self._refresh_headers(rejected))
-            )
+            await self._take_thread_lock()
+            try:
+                held = self._session
+                if held is not None and held.etag != rejected.etag:
+                    return held
+                return await self._acall(
+                    client.post(self._refresh_url, headers=self._refresh_headers(rejected))
+                )
+            finally:
+                self._thread_lock.release()
 
     async def _acall(self, sending: Coroutine[Any, Any, httpx.Response]) -> Session:
         try:

@@ -1,4 +1,5 @@
-"""The Workfront proxy's route: a thin handler over service.proxy."""
+"""The Workfront proxy's route: a thin handler over service.web.proxy_answers
+(which the fast path, service.web.proxy_fastpath, calls too)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from service.apikeys.authenticator import Principal
-from service.apikeys.keys import Scope as KeyScope
-from service.metrics import PROXY_REQUESTS
-from service.proxy.gate import GateClosed
-from service.proxy.paths import upstream_rest
-from service.proxy.relay import ProxyRequest, Relayed, UpstreamFailed
 from service.web.deps import RuntimeDep, get_principal
 from service.web.problems import ProblemError, ResponsesDoc, auth_errors, problem_doc
-from service.web.token_answers import MIN_TTL_DEFAULT, session_problems
-
-PROXY_PATH = "/v1/connections/{connection_id}/workfront/attask/api/{rest:path}"
-_MARKER = "/workfront/attask/api/"
-# Until several instances are configured (issue 13), every connection is on this one.
-DEFAULT_INSTANCE = "default"
-PROXY_SCOPES: tuple[KeyScope, ...] = ("workfront:proxy", "tokens:read")
+from service.web.proxy_answers import PROXY_METHODS, PROXY_PATH, PROXY_SCOPES, proxy_answer
 
 router = APIRouter(tags=["workfront"])
 
@@ -91,100 +80,18 @@ async def _proxy_caller(principal: Annotated[Principal, Depends(get_principal)])
 ProxyCaller = Annotated[Principal, Depends(_proxy_caller)]
 
 
-def _raw_rest(scope: Scope) -> str | None:
-    """What follows ``/workfront/attask/api/`` in the path as the caller sent it."""
-    raw = scope.get("raw_path")
-    if not isinstance(raw, bytes):
-        return None
-    path = raw.decode("latin-1")
-    head, marker, rest = path.partition(_MARKER)
-    # The route matched the decoded path; the raw one must say the same, plainly.
-    if not marker or not head.startswith("/v1/connections/") or "%" in head:
-        return None
-    return rest
-
-
-class _RelayedResponse(Response):
-    """Workfront's answer, streamed to the caller; the upstream connection and
-    the gate's turn are given back however the streaming ends."""
-
-    def __init__(self, relayed: Relayed) -> None:
-        self._relayed = relayed
-        self.status_code = relayed.status
-        self.background = None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        relayed = self._relayed
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": relayed.status,
-                    "headers": relayed.headers,
-                }
-            )
-            async for chunk in relayed.chunks():
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            relayed.close()
-
-
 async def proxy(
     connection_id: uuid.UUID,
-    rest: str,
+    rest: str,  # documented; the relay reads the path as sent (raw_rest)
     request: Request,
     runtime: RuntimeDep,
     _: ProxyCaller,
 ) -> Response:
-    method = request.method if request.method in ("GET", "POST", "PUT", "DELETE") else "GET"
-    status = 500  # counted as the answer's class, the broker's own refusals included
-    try:
-        raw = _raw_rest(request.scope)
-        checked = upstream_rest(raw) if raw is not None else None
-        if checked is None:
-            raise ProblemError(404, "not-found", "no such Workfront API path")
-        with session_problems():
-            session = await runtime.tokens.get_token(connection_id, min_ttl=MIN_TTL_DEFAULT)
-            relayed = await runtime.relay.call(
-                ProxyRequest(
-                    connection_id=connection_id,
-                    instance=DEFAULT_INSTANCE,
-                    method=method,
-                    rest=checked,
-                    query=request.scope["query_string"],
-                    headers=request.scope["headers"],
-                    body=request.stream(),
-                ),
-                session,
-            )
-        status = relayed.status
-        return _RelayedResponse(relayed)
-    except GateClosed as exc:
-        status = exc.status
-        raise ProblemError(
-            exc.status, "proxy-busy", exc.detail, headers={"Retry-After": str(exc.retry_after)}
-        ) from None
-    except UpstreamFailed as exc:
-        status = 503
-        raise ProblemError(
-            503,
-            "upstream-unavailable",
-            f"Workfront did not answer the call ({exc})",
-            headers={"Retry-After": "5"},
-        ) from None
-    except ProblemError as exc:
-        status = exc.status
-        raise
-    finally:
-        PROXY_REQUESTS.labels(
-            instance=DEFAULT_INSTANCE, method=method, status=f"{status // 100}xx"
-        ).inc()
+    return await proxy_answer(runtime, connection_id, request.scope, request.receive)
 
 
 # One operation per method (each its own operationId in the OpenAPI document).
-for _method in ("GET", "POST", "PUT", "DELETE"):
+for _method in PROXY_METHODS:
     router.add_api_route(
         PROXY_PATH,
         proxy,
