@@ -87,7 +87,7 @@ def _store(state: EmulatorState, session: _Session, obj: str) -> dict[str, dict[
 
 
 def _not_found(obj: str, oid: str) -> Response:
-    message = f"{OBJECT_CODES[obj]} with ID {oid[:40]} does not exist"
+    message = f"{OBJECT_CODES.get(obj, obj[:20].upper())} with ID {oid[:40]} does not exist"
     return JSONResponse({"error": {"class": "NotFoundException", "message": message}}, 404)
 
 

@@ -650,3 +650,60 @@ async def test_run_emulator_over_real_http() -> None:
     with pytest.raises(httpx.ConnectError):
         async with httpx.AsyncClient(base_url=base) as c:
             await c.get("/__emulator/stats")
+
+
+async def test_api_calls_are_logged_with_their_headers_and_take_queued_faults(
+    client: httpx.AsyncClient,
+) -> None:
+    tokens = await _exchange(client)
+    headers = {"sessionID": tokens["access_token"], "X-Trace": "t1"}
+    queued = await client.post(
+        "/__emulator/api-faults", json={"faults": [{"status": 429, "retry_after": 4}]}
+    )
+    assert queued.json() == {"queued": 1}
+    limited = await client.get("/attask/api/v21.0/task/search", headers=headers)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "4"
+    assert (await client.get("/attask/api/v21.0/task/search", headers=headers)).status_code == 200
+    logged = (await client.get("/__emulator/api-requests")).json()["requests"]
+    assert [r["path"] for r in logged] == ["/attask/api/v21.0/task/search"] * 2
+    assert logged[0]["headers"]["x-trace"] == "t1"
+    for bad in ({"faults": [{"status": "soon"}]}, {"faults": ["x"]}, {"faults": 1}):
+        assert (await client.post("/__emulator/api-faults", json=bad)).status_code == 422
+    assert (await _stats(client))["api_calls"] == 2
+
+
+async def test_objects_can_be_made_changed_and_deleted(client: httpx.AsyncClient) -> None:
+    headers = {"sessionID": (await _exchange(client))["access_token"]}
+    api = "/attask/api/v21.0"
+    made = (await client.post(f"{api}/proj", json={"name": "New"}, headers=headers)).json()
+    oid = made["data"]["ID"]
+    changed = await client.put(f"{api}/proj/{oid}", json={"status": "CPL"}, headers=headers)
+    assert changed.json()["data"]["status"] == "CPL"
+    found = await client.get(f"{api}/proj/search", headers=headers)
+    assert "New" in [p["name"] for p in found.json()["data"]]
+    assert (await client.delete(f"{api}/proj/{oid}", headers=headers)).status_code == 200
+    assert (await client.get(f"{api}/proj/{oid}", headers=headers)).status_code == 404
+    assert (await client.get(f"{api}/nope/search", headers=headers)).status_code == 404
+    export = await client.get(f"{api}/proj/export", params={"bytes": 100_000}, headers=headers)
+    assert len(export.content) == 100_000
+    assert export.content.startswith(b"[")
+    assert export.content.endswith(b"]")
+    sent = await client.post(f"{api}/upload", content=b"x" * 1000, headers=headers)
+    assert sent.json()["data"]["size"] == 1000
+    assert sent.json()["data"]["sha256"] == hashlib.sha256(b"x" * 1000).hexdigest()
+
+
+async def test_one_users_sessions_expire_or_everyone_logs_out(client: httpx.AsyncClient) -> None:
+    alice = await _exchange(client)
+    bob_code = (await _authorize(client, username="bob"))["code"][0]
+    fields = {"grant_type": "authorization_code", "code": bob_code, "redirect_uri": REDIRECT}
+    bob = (await _token(client, "form", **fields)).json()
+    expired = await client.post("/__emulator/expire-sessions", json={"username": "bob"})
+    assert expired.json() == {"expired": 1}
+    assert (await _session(client, bob["access_token"])).status_code == 401
+    assert (await _session(client, alice["access_token"])).status_code == 200
+    assert (await client.post("/__emulator/logout-all")).json() == {"ended": 2}
+    assert (await _session(client, alice["access_token"])).status_code == 401
+    bad = await client.post("/__emulator/expire-sessions", json={"username": 7})
+    assert bad.status_code == 422
