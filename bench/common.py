@@ -42,7 +42,7 @@ WRK = shutil.which("wrk")
 CLIENT_ID = "bench"
 CLIENT_SECRET = "bench-secret-" + "s" * 20
 ADMIN_KEY = "bench-admin-" + secrets.token_urlsafe(24)
-INSTANCE_HOST = "127.0.0.1"
+INSTANCE_HOST = "default"  # the instance the BROKER_WORKFRONT_URL variables describe
 
 
 def free_port() -> int:

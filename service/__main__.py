@@ -24,9 +24,16 @@ def _cmd_serve(args: argparse.Namespace) -> None:
 
     settings = load_settings(require_database=True)
     configure_logging(settings.log_level, settings.log_format)
-    missing = asyncio.run(_missing_stored_keys(settings))
-    if missing:
-        raise ConfigError([missing_keys_problem(missing)])
+    missing, orphaned = asyncio.run(_stored_state_problems(settings))
+    problems = [missing_keys_problem(missing)] if missing else []
+    problems += [
+        f"instance {name!r} still has {count} connection(s) but is not configured: keep it"
+        " in BROKER_INSTANCES_FILE (the BROKER_WORKFRONT_URL variables for 'default'),"
+        " or delete its connections first"
+        for name, count in orphaned
+    ]
+    if problems:
+        raise ConfigError(problems)
     app = create_app(settings)
     server = make_server(
         app,
@@ -65,7 +72,14 @@ def _cmd_dev(args: argparse.Namespace) -> None:
     from service.dev import run_dev
 
     configure_logging()
-    asyncio.run(run_dev(host=args.host, port=args.port, emulator_port=args.emulator_port))
+    asyncio.run(
+        run_dev(
+            host=args.host,
+            port=args.port,
+            emulator_port=args.emulator_port,
+            preview_port=args.preview_port,
+        )
+    )
 
 
 async def _create_client(spec: ClientCreate) -> str:
@@ -124,25 +138,41 @@ def _cmd_keys_rotate(args: argparse.Namespace) -> None:
     print("every stored value now uses it; the other keys may be removed")
 
 
-async def _missing_stored_keys(settings: Settings) -> list[str]:
-    """Key ids stored values use that the keyring lacks; [] if it cannot tell yet."""
+async def _stored_state_problems(settings: Settings) -> tuple[list[str], list[tuple[str, int]]]:
+    """What the database holds that this configuration cannot serve: key ids
+    the keyring lacks, and instances with connections that are not configured
+    (name, count). Nothing when it cannot tell yet."""
+    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     from service.connections.stored_keys import missing_key_ids
     from service.crypto import TokenCipher
     from service.db.engine import make_engine
+    from service.db.migrations import alembic_head
 
     cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
     engine = make_engine(load_database_url(), pool_size=1)
     try:
         async with engine.connect() as conn:
-            return await missing_key_ids(conn, cipher)
+            missing = await missing_key_ids(conn, cipher)
+            revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            if revision != alembic_head():
+                # Not migrated yet: connections still name their instance by host.
+                return missing, []
+            counts = await conn.execute(
+                text("SELECT instance, count(*) FROM connections GROUP BY instance ORDER BY 1")
+            )
+            orphaned = [
+                (str(name), int(count)) for name, count in counts if name not in settings.instances
+            ]
+            return missing, orphaned
     except (SQLAlchemyError, OSError) as exc:
         # No database yet, or no schema: /readyz reports it and checks again.
         logging.getLogger("service").warning(
-            "start-up: stored encryption keys not checked (%s)", type(exc).__name__
+            "start-up: stored encryption keys and instances not checked (%s)",
+            type(exc).__name__,
         )
-        return []
+        return [], []
     finally:
         await engine.dispose()
 
@@ -164,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--emulator-port", type=int, default=8001)
+    dev.add_argument(
+        "--preview-port",
+        type=int,
+        default=None,
+        help="the preview lane's emulator (default: --emulator-port + 1)",
+    )
     dev.set_defaults(func=_cmd_dev)
 
     emulator = commands.add_parser("emulator", help="run only the Workfront emulator")

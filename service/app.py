@@ -19,7 +19,16 @@ from service.web.head import HeadAsGet
 from service.web.pages import static_files
 from service.web.problems import Problem, install_problem_handlers
 from service.web.proxy_fastpath import ProxyFastPath
-from service.web.routes import clients, connect_sessions, connections, oauth, ops, proxy, status
+from service.web.routes import (
+    clients,
+    connect_sessions,
+    connections,
+    instances,
+    oauth,
+    ops,
+    proxy,
+    status,
+)
 from service.web.schemas import ConnectSessionCreate
 from service.workers.running import Workers, start_workers
 
@@ -87,7 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_problem_handlers(app)
-    for module in (oauth, connections, proxy, connect_sessions, clients, ops, status):
+    for module in (oauth, connections, proxy, connect_sessions, instances, clients, ops, status):
         app.include_router(module.router)
     # The pages' stylesheet and icon, served by the broker itself so the pages
     # load nothing from a third party; a mount stays out of the OpenAPI document.

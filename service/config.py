@@ -14,18 +14,22 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.crypto import KeyringError, parse_keyring
+from service.instances import DEFAULT, Instance, Instances, read_instances_file
 
 log = logging.getLogger("service.config")  # pinned: operators filter on it
 
 ENV_PREFIX = "BROKER_"
-# <domain>.<lane>.workfront.com and the unified-experience <domain>.<lane>.workfront.adobe.com
-_WORKFRONT_HOST = re.compile(
-    r"^(?P<domain>[a-z0-9-]+)\.(?P<lane>[a-z0-9-]+)\.workfront(\.adobe)?\.com$"
-)
 _API_VERSION = re.compile(r"^v\d+\.\d+$")
 
 
@@ -58,12 +62,17 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,
     )
 
+    _built_instances: Instances = PrivateAttr(default_factory=lambda: Instances([]))
+
     database_url: str | None = None
-    workfront_url: str
+    # The instance "default" (service.instances); not needed when
+    # BROKER_INSTANCES_FILE names the instances.
+    workfront_url: str | None = None
     workfront_domain: str | None = None
     workfront_lane: str | None = None
-    client_id: str = Field(min_length=1)
-    client_secret: SecretStr
+    client_id: str | None = Field(default=None, min_length=1)
+    client_secret: SecretStr | None = None
+    instances_file: str | None = None
     redirect_uri: str
     # The broker's public origin; every absolute URL it emits is built from it.
     public_url: str | None = None
@@ -191,8 +200,8 @@ class Settings(BaseSettings):
 
     @field_validator("workfront_url")
     @classmethod
-    def _workfront_url(cls, value: str) -> str:
-        return _http_url(value).rstrip("/")
+    def _workfront_url(cls, value: str | None) -> str | None:
+        return None if value is None else _http_url(value).rstrip("/")
 
     @field_validator("redirect_uri")
     @classmethod
@@ -232,8 +241,8 @@ class Settings(BaseSettings):
 
     @field_validator("client_secret")
     @classmethod
-    def _client_secret(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _client_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty")
         return value
 
@@ -268,6 +277,63 @@ class Settings(BaseSettings):
         if (self.webhook_url is None) != (self.webhook_secret is None):
             raise ValueError(WEBHOOK_PAIR_PROBLEM)
         return self
+
+    @model_validator(mode="after")
+    def _instances(self) -> Settings:
+        # Built (and the file read) once, here: a bad file stops start-up.
+        problems = self._instance_problems()
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def _instance_problems(self) -> list[str]:
+        given = {
+            "BROKER_WORKFRONT_URL": self.workfront_url,
+            "BROKER_CLIENT_ID": self.client_id,
+            "BROKER_CLIENT_SECRET": self.client_secret,
+        }
+        instances: list[Instance] = []
+        problems: list[str] = []
+        if any(value is not None for value in given.values()) or self.instances_file is None:
+            problems += [
+                f"{name}: required but not set"
+                + ("" if self.instances_file is None else f" (with {'/'.join(given)})")
+                for name, value in given.items()
+                if value is None
+            ]
+        if (
+            not problems
+            and self.workfront_url is not None
+            and self.client_id is not None
+            and self.client_secret is not None
+        ):
+            instances.append(
+                Instance(
+                    name=DEFAULT,
+                    workfront_url=self.workfront_url,
+                    client_id=self.client_id,
+                    client_secret=self.client_secret,
+                    redirect_uri=self.redirect_uri,
+                    token_auth=self.token_auth,
+                    api_version=self.workfront_api_version,
+                    pkce=self.pkce,
+                    domain=self.workfront_domain,
+                    lane=self.workfront_lane,
+                )
+            )
+        if self.instances_file is not None:
+            found, more = read_instances_file(self.instances_file, redirect_uri=self.redirect_uri)
+            problems += more
+            for instance in found:
+                if any(known.name == instance.name for known in instances):
+                    problems.append(
+                        f"BROKER_INSTANCES_FILE: instance {instance.name!r}: the name is taken"
+                        " (the BROKER_WORKFRONT_URL variables describe 'default')"
+                    )
+                else:
+                    instances.append(instance)
+        self._built_instances = Instances(instances)
+        return problems
 
     # Derived values -------------------------------------------------------
 
@@ -313,20 +379,9 @@ class Settings(BaseSettings):
         return _split_csv(self.allowed_return_urls)
 
     @property
-    def instance_host(self) -> str:
-        return (urlsplit(self.workfront_url).hostname or "").lower()
-
-    def expected_domain_lane(self) -> tuple[str, str] | None:
-        """The (domain, lane) a callback must carry, or None when the check is off."""
-        if self.workfront_domain and self.workfront_lane:
-            return self.workfront_domain, self.workfront_lane
-        match = _WORKFRONT_HOST.match(self.instance_host)
-        if match:
-            return (
-                self.workfront_domain or match["domain"],
-                self.workfront_lane or match["lane"],
-            )
-        return None
+    def instances(self) -> Instances:
+        """The Workfront instances this broker serves (service.instances)."""
+        return self._built_instances
 
     @property
     def public_base_url(self) -> str:
@@ -361,6 +416,31 @@ class _WebhookPair(BaseSettings):
     webhook_secret: str | None = None
 
 
+class _InstanceVars(BaseSettings):
+    """The single-instance variables as given, for reporting them missing when
+    other values are bad too (pydantic skips model validators then)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
+
+    workfront_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    instances_file: str | None = None
+
+
+def _missing_instance_vars(overrides: dict[str, Any]) -> list[str]:
+    given = _InstanceVars()
+    if (overrides.get("instances_file") or given.instances_file) is not None:
+        return []
+    return [
+        f"{ENV_PREFIX}{name.upper()}: required but not set"
+        for name in ("workfront_url", "client_id", "client_secret")
+        if overrides.get(name, getattr(given, name)) is None
+    ]
+
+
 def _webhook_pair_broken(overrides: dict[str, Any]) -> bool:
     given = _WebhookPair()
     url = overrides.get("webhook_url", given.webhook_url) or None
@@ -386,7 +466,8 @@ def load_settings(*, require_database: bool = False, **overrides: Any) -> Settin
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        problems = [_problem_line(error) for error in exc.errors()]
+        problems = [line for error in exc.errors() for line in _problem_line(error).split("\n")]
+        problems += [p for p in _missing_instance_vars(overrides) if p not in problems]
         if WEBHOOK_PAIR_PROBLEM not in problems and _webhook_pair_broken(overrides):
             problems.append(WEBHOOK_PAIR_PROBLEM)
         if require_database and not _database_url_given(overrides):
@@ -396,7 +477,8 @@ def load_settings(*, require_database: bool = False, **overrides: Any) -> Settin
         require_database_url(settings)
     for warning in (*settings.weak_secrets(), *settings.risky_switches()):
         log.warning("%s", warning)
-    if settings.expected_domain_lane() is None:
+    default = settings.instances.get(DEFAULT)
+    if default is not None and default.expected_domain_lane() is None:
         log.warning(
             "BROKER_WORKFRONT_DOMAIN/BROKER_WORKFRONT_LANE not set and not derivable from "
             "the instance host: the callback's domain/lane check is off"

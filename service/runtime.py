@@ -24,7 +24,7 @@ from service.tokens.issuer import TokenIssuer
 from service.tokens.lease import LeaseOwner
 from service.tokens.parts import TokenParts
 from service.workers.webhooks import make_webhook_client
-from service.workfront import WorkfrontClient
+from service.workfront import Workfronts
 from service.workfront.passthrough import open_passthrough_session
 
 
@@ -35,7 +35,7 @@ class Runtime:
     database: Database
     cipher: TokenCipher
     http: httpx.AsyncClient
-    workfront: WorkfrontClient
+    workfronts: Workfronts  # one client per configured instance
     # Autocommit reads and the refresh transaction (which opens its own).
     reader: AsyncEngine
     tokens: TokenIssuer
@@ -63,7 +63,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         cipher = TokenCipher.from_spec(settings.encryption_keys.get_secret_value())
         async with (
             make_webhook_client(settings) as http,
-            WorkfrontClient.open(settings) as workfront,
+            Workfronts.open(settings) as workfronts,
             open_passthrough_session(settings) as passthrough,
         ):
             admin = settings.admin_api_key
@@ -73,7 +73,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 reader=reader,
                 database=database,
                 cipher=cipher,
-                workfront=workfront,
+                workfronts=workfronts,
                 owner=owner,
             )
             tokens = TokenIssuer(parts)
@@ -83,7 +83,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 database=database,
                 cipher=cipher,
                 http=http,
-                workfront=workfront,
+                workfronts=workfronts,
                 reader=reader,
                 tokens=tokens,
                 connections=ConnectionLifecycle(parts),
@@ -95,7 +95,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 ),
                 schema_head=alembic_head(),
                 stored_keys=StoredKeyCheck(cipher),
-                state_signer=StateSigner(cipher, lifetime_seconds=settings.signin_ttl_seconds),
+                state_signer=StateSigner(
+                    cipher,
+                    lifetime_seconds=settings.signin_ttl_seconds,
+                    instances=settings.instances,
+                ),
                 relay=Relay(settings=settings, tokens=tokens, http=passthrough),
             )
     finally:

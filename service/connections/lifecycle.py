@@ -35,6 +35,7 @@ class ConnectionLifecycle:
     async def store_connection(
         self,
         *,
+        instance: str,
         user: WorkfrontUser,
         tokens: TokenSet,
         external_ref: str | None,
@@ -45,7 +46,6 @@ class ConnectionLifecycle:
         nothing. (A connect link is claimed by the sign-in before the code is
         exchanged: service.signin.links.)
         """
-        instance = self._parts.settings.instance_host
         for _attempt in range(2):
             try:
                 async with self._parts.database() as db, db.begin():
@@ -109,6 +109,7 @@ class ConnectionLifecycle:
             outbox.CONNECTION_CREATED,
             connection_id=connection_id,
             user_id=user.user_id,
+            instance=instance,
             external_ref=external_ref,
         )
         return connection_id
@@ -131,8 +132,8 @@ class ConnectionLifecycle:
             await self._row_event(db, outbox.CONNECTION_DELETED, row, client_id=client_id)
         # Committed: this process stops serving it at once.
         self._parts.reads.changed_here(connection_id)
-        if access_token is not None:
-            await self._parts.workfront.logout(access_token)
+        if access_token is not None and row.instance in self._parts.workfronts:
+            await self._parts.workfronts[row.instance].logout(access_token)
 
     async def _row_event(
         self,
@@ -148,6 +149,7 @@ class ConnectionLifecycle:
             event_type,
             connection_id=row.id,
             user_id=row.user_id,
+            instance=row.instance,
             external_ref=row.external_ref,
             client_id=client_id,
         )

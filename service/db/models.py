@@ -47,7 +47,7 @@ def _now_column() -> Mapped[datetime]:
 
 
 class Connection(Base):
-    """One Workfront user's grant on the configured instance."""
+    """One Workfront user's grant on one configured instance (``instance``, its name)."""
 
     __tablename__ = "connections"
     __table_args__ = (
@@ -128,6 +128,8 @@ class ConnectLink(Base):
     token_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     external_ref: Mapped[str] = mapped_column(String(255), nullable=False)
     return_url: Mapped[str] = mapped_column(Text, nullable=False)
+    # The instance the person connects to (service.instances).
+    instance: Mapped[str] = mapped_column(String(32), nullable=False)
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _now_column()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -180,7 +180,8 @@ def create_emulator_app(settings: EmulatorSettings | None = None) -> FastAPI:
             secret.encode(), s.client_secret.encode()
         )
         entry |= {"grant_type": (params or {}).get("grant_type"), "style": style}
-        entry |= {"client_ok": client_ok, "code": (params or {}).get("code")}
+        entry |= {"client_id": client_id, "client_ok": client_ok}
+        entry |= {"code": (params or {}).get("code")}
         entry |= {"refresh_token": (params or {}).get("refresh_token")}
         await delay(s)
         if fault is not None:

@@ -131,7 +131,9 @@ class Relay:
         self._settings = settings
         self._tokens = tokens
         self._http = http
-        self._base = settings.workfront_url.rstrip("/") + API_ROOT
+        self._bases = {
+            name: instance.workfront_url + API_ROOT for name, instance in settings.instances.items()
+        }
         self.gates = Gates(
             concurrency=settings.proxy_concurrency,
             queue=settings.proxy_queue,
@@ -143,10 +145,11 @@ class Relay:
         was dead and the body can be sent again. Raises GateClosed,
         UpstreamFailed, and the token path's errors (from the refresh)."""
         first, whole = await _read_some(request.body, REPLAYABLE_BODY)
+        base = self._bases[request.instance]  # the connection's instance, and only it
         url = URL(
-            self._base + request.rest + ("?" + request.query.decode("latin-1"))
+            base + request.rest + ("?" + request.query.decode("latin-1"))
             if request.query
-            else self._base + request.rest,
+            else base + request.rest,
             encoded=True,
         )
         gate = self.gates[request.instance]

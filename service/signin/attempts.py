@@ -11,6 +11,7 @@ state is single-use, and an unauthenticated flood of starts fills no table.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -44,14 +45,16 @@ class Attempt:
 
     id: uuid.UUID  # the row recording its state as used
     connect_session_id: uuid.UUID | None  # the connect link it was started from
+    instance: str  # the instance it was started for
     code_verifier: str | None = field(repr=False)  # PKCE, when on
 
 
 def start_attempt(
-    runtime: Runtime, *, browser_cookie: str | None, link_id: uuid.UUID | None
+    runtime: Runtime, *, browser_cookie: str | None, link_id: uuid.UUID | None, instance: str
 ) -> StartedAttempt:
     """A new attempt for the browser whose binding cookie is ``browser_cookie``
-    (None: it has none yet), started from the connect link ``link_id`` if any.
+    (None: it has none yet), started from the connect link ``link_id`` if any,
+    on ``instance`` (a configured one: fixed for the attempt from here on).
 
     One binding secret per browser, shared by every attempt it starts: a second
     tab must not orphan the first one's attempt. A cookie is kept only when the
@@ -62,10 +65,11 @@ def start_attempt(
     browser = browser_cookie
     if browser is None or not signer.issued_browser_cookie(browser):
         browser = signer.new_browser_cookie()
-    new = signer.new_state(browser=browser, link_id=link_id)
-    location = runtime.workfront.authorize_url(
+    new = signer.new_state(browser=browser, link_id=link_id, instance=instance)
+    workfront = runtime.workfronts[instance]
+    location = workfront.authorize_url(
         state=new.state,
-        code_challenge=pkce_challenge(new.code_verifier) if runtime.settings.pkce else None,
+        code_challenge=pkce_challenge(new.code_verifier) if workfront.instance.pkce else None,
     )
     return StartedAttempt(browser=browser, state=new.state, authorize_url=location)
 
@@ -78,7 +82,7 @@ async def consume_attempt(
     browser: str | None,
     latest_state: str | None,
     require_state: bool,
-    pkce: bool,
+    pkce_for: Callable[[str], bool],
 ) -> Attempt:
     """Check the callback's state against this browser, and record it as used.
 
@@ -95,6 +99,9 @@ async def consume_attempt(
         state = latest_state
     verified = signer.verify(state, browser=browser)
     if verified is None:
+        raise refusal("state_unknown")
+    if verified.instance is None:
+        # Signed by us for an instance no longer configured.
         raise refusal("state_unknown")
     now = now_utc()
     expires_at = datetime.fromtimestamp(verified.issued + signer.lifetime_seconds, UTC)
@@ -123,5 +130,6 @@ async def consume_attempt(
     return Attempt(
         id=attempt_id,
         connect_session_id=verified.link_id,
-        code_verifier=verified.code_verifier if pkce else None,
+        instance=verified.instance,
+        code_verifier=verified.code_verifier if pkce_for(verified.instance) else None,
     )

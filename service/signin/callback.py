@@ -65,7 +65,7 @@ async def finish_signin(
         browser=browser,
         latest_state=latest_state,
         require_state=runtime.settings.require_state,
-        pkce=runtime.settings.pkce,
+        pkce_for=lambda name: runtime.settings.instances[name].pkce,
     )
     try:
         return await _connect(runtime, attempt, code=code, domain=domain, lane=lane, error=error)
@@ -84,14 +84,14 @@ async def _connect(
     lane: str | None,
     error: str | None,
 ) -> Connected:
-    settings = runtime.settings
+    instance = runtime.settings.instances[attempt.instance]
     if error is not None:
         raise refusal("access_denied" if error == "access_denied" else "workfront_error")
     if not code:
         raise refusal("no_code")
-    expected = settings.expected_domain_lane()
+    expected = instance.expected_domain_lane()
     if expected is not None and (domain, lane) != expected:
-        raise refusal("wrong_instance", instance=settings.instance_host)
+        raise refusal("wrong_instance", instance=instance.host)
     claimed: ClaimedLink | None = None
     if attempt.connect_session_id is not None:
         claimed = await claim_connect_link(runtime.database, attempt.connect_session_id)
@@ -99,7 +99,10 @@ async def _connect(
     try:
         tokens, user = await _exchange(runtime, attempt, code)
         connection_id, created = await runtime.connections.store_connection(
-            user=user, tokens=tokens, external_ref=link.external_ref if link else None
+            instance=instance.name,
+            user=user,
+            tokens=tokens,
+            external_ref=link.external_ref if link else None,
         )
     except Exception:
         if claimed is not None:
@@ -113,7 +116,8 @@ async def _exchange(
     runtime: Runtime, attempt: Attempt, code: str
 ) -> tuple[TokenSet, WorkfrontUser]:
     """The code's tokens, and whom they belong to."""
-    workfront = runtime.workfront
+    # The code and the app's secret go to the attempt's instance only.
+    workfront = runtime.workfronts[attempt.instance]
     try:
         tokens = await workfront.exchange_code(code, code_verifier=attempt.code_verifier)
         user = await workfront.get_user(tokens.access_token)

@@ -95,6 +95,7 @@ async def create_connect_link(
     *,
     external_ref: str,
     return_url: str,
+    instance: str,
     allowed_return_urls: list[str],
     ttl: timedelta,
     created_by: uuid.UUID | None,
@@ -117,6 +118,7 @@ async def create_connect_link(
                 token_hash=lookup_digest(token),
                 external_ref=external_ref,
                 return_url=return_url,
+                instance=instance,
                 created_by=created_by,
                 expires_at=expires_at,
             )

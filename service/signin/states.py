@@ -6,9 +6,10 @@ a callback that passes every check writes one row (service.signin.attempts),
 which makes the state single-use; an unauthenticated flood of
 ``/oauth/authorize`` therefore fills no table.
 
-``state`` (base64url, 82 characters)::
+``state`` (base64url, 92 characters)::
 
     version (1) | issued, Unix seconds (4) | nonce (16) | connect link id (16, zeros: none)
+    | instance (8): the first bytes of SHA-256 of its name
     | tag (16): HMAC(k, "state" | the above)                 authentic, unchanged
     | binding (8): HMAC(k, "binding" | the above | browser)   started in this browser
 
@@ -32,12 +33,13 @@ import secrets
 import struct
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from service.crypto import TokenCipher
 
-_VERSION = 1
-_HEAD = struct.Struct(">BI16s16s")  # version, issued, nonce, link id
+_VERSION = 2  # 1 carried no instance: those attempts start again
+_HEAD = struct.Struct(">BI16s16s8s")  # version, issued, nonce, link id, instance
 _TAG, _BINDING = 16, 8
 STATE_BYTES = _HEAD.size + _TAG + _BINDING
 _COOKIE = struct.Struct(">32sI")  # secret, issued
@@ -64,6 +66,7 @@ def _mac(key: bytes, *parts: bytes) -> bytes:
 class VerifiedState:
     issued: float  # Unix seconds
     link_id: uuid.UUID | None
+    instance: str | None  # the instance it was started for (None: none configured now)
     bound_to_browser: bool  # the binding tag matches the browser's cookie
     code_verifier: str = field(repr=False)  # for PKCE, when the attempt used it
 
@@ -74,10 +77,17 @@ class NewState:
     code_verifier: str = field(repr=False)
 
 
+def _instance_tag(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()[:8]
+
+
 class StateSigner:
-    def __init__(self, cipher: TokenCipher, *, lifetime_seconds: float) -> None:
+    def __init__(
+        self, cipher: TokenCipher, *, lifetime_seconds: float, instances: Iterable[str]
+    ) -> None:
         self._keys = cipher.derived_keys(b"workfront-token-broker signin v1")
         self.lifetime_seconds = lifetime_seconds
+        self._instances = {_instance_tag(name): name for name in instances}
 
     # The browser's binding cookie -----------------------------------------------------
 
@@ -101,13 +111,14 @@ class StateSigner:
 
     # The state ------------------------------------------------------------------------
 
-    def new_state(self, *, browser: str, link_id: uuid.UUID | None) -> NewState:
+    def new_state(self, *, browser: str, link_id: uuid.UUID | None, instance: str) -> NewState:
         key = self._keys[0]
         head = _HEAD.pack(
             _VERSION,
             int(time.time()),
             secrets.token_bytes(16),
             link_id.bytes if link_id is not None else _NO_LINK,
+            _instance_tag(instance),
         )
         signed = head + _mac(key, b"state", head)[:_TAG]
         state = _b64(signed + _mac(key, b"binding", signed, browser.encode())[:_BINDING])
@@ -128,10 +139,11 @@ class StateSigner:
         bound = browser is not None and hmac.compare_digest(
             binding, _mac(key, b"binding", signed, browser.encode())[:_BINDING]
         )
-        _, issued, _, link = _HEAD.unpack(head)
+        _, issued, _, link, instance = _HEAD.unpack(head)
         return VerifiedState(
             issued=float(issued),
             link_id=None if link == _NO_LINK else uuid.UUID(bytes=link),
+            instance=self._instances.get(instance),
             bound_to_browser=bound,
             code_verifier=_code_verifier(key, state),
         )

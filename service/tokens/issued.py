@@ -23,6 +23,8 @@ class IssuedToken:
     token_version: int
     # When the session was obtained (None: a row from before this was kept).
     refreshed_at: datetime | None
+    # The Workfront instance the session is for (service.instances).
+    instance: str
     # expires_at as a POSIX timestamp: the cache's min_ttl check without
     # datetime arithmetic.
     expires_ts: float = field(init=False, repr=False, compare=False)

@@ -52,7 +52,7 @@ LEASE_LOCK_CLASS = 0x57_54_42  # "WTB"
 ROW_COLUMNS = """
     c.id, c.status, c.access_token_enc, c.refresh_token_enc, c.expires_at, c.next_refresh_at,
     c.token_version, c.user_id, c.external_ref, c.last_error_class, c.refresh_failures,
-    c.last_refreshed_at, c.last_used_at
+    c.last_refreshed_at, c.last_used_at, c.instance
 """
 
 
@@ -157,6 +157,7 @@ class LockedRow:
     refresh_failures: int
     last_refreshed_at: datetime | None
     last_used_at: datetime
+    instance: str  # the Workfront instance it belongs to (service.instances)
 
 
 @dataclass(frozen=True, slots=True)

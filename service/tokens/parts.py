@@ -14,7 +14,7 @@ from service.tokens.lease import Claims, LeaseOwner
 from service.tokens.reads import TokenReads
 from service.tokens.schedule import RefreshSchedule
 from service.tokens.sealing import TokenSealer
-from service.workfront import WorkfrontClient
+from service.workfront import Workfronts
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +26,7 @@ class TokenParts:
     sealer: TokenSealer
     schedule: RefreshSchedule
     reads: TokenReads
-    workfront: WorkfrontClient
+    workfronts: Workfronts
     claims: Claims  # the refresh's claims on rows, as this process
 
     @classmethod
@@ -37,7 +37,7 @@ class TokenParts:
         reader: AsyncEngine,
         database: Database,
         cipher: TokenCipher,
-        workfront: WorkfrontClient,
+        workfronts: Workfronts,
         owner: LeaseOwner,
     ) -> TokenParts:
         sealer = TokenSealer(cipher)
@@ -48,7 +48,7 @@ class TokenParts:
             sealer=sealer,
             schedule=RefreshSchedule(settings),
             reads=TokenReads(settings=settings, reader=reader, sealer=sealer),
-            workfront=workfront,
+            workfronts=workfronts,
             claims=Claims(reader, owner, lease_seconds=claim_lease_seconds(settings)),
         )
 

@@ -60,7 +60,7 @@ class Refresh:
         self._sealer = parts.sealer
         self._schedule = parts.schedule
         self._reads = parts.reads
-        self._workfront = parts.workfront
+        self._workfronts = parts.workfronts
         self._claims = parts.claims
         self._presenting = presenting
         # Refreshes on their way to Workfront at once (each holds a connection
@@ -185,7 +185,7 @@ class Refresh:
         # can have seen the token.
         self._presenting.mark()
         try:
-            tokens = await self._workfront.refresh(refresh_token)
+            tokens = await self._workfronts[row.instance].refresh(refresh_token)
         except GrantRevokedError as exc:
             resolve(answered)
             await self._mark_needs_reauth(claims, row, exc.detail)
@@ -215,6 +215,7 @@ class Refresh:
                 user_id=row.user_id,
                 token_version=row.token_version + 1,
                 refreshed_at=refreshed_at,
+                instance=row.instance,
             ),
             write=TokenWrite(
                 connection_id=row.id,
@@ -246,6 +247,7 @@ class Refresh:
                 now,
                 connection_id=row.id,
                 user_id=row.user_id,
+                instance=row.instance,
                 external_ref=row.external_ref,
                 **reason,
             ),

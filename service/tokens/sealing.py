@@ -34,6 +34,8 @@ class SealedRow(Protocol):
     def token_version(self) -> int: ...
     @property
     def last_refreshed_at(self) -> datetime | None: ...
+    @property
+    def instance(self) -> str: ...
 
 
 class TokenSealer:
@@ -56,6 +58,7 @@ class TokenSealer:
             row.user_id,
             row.token_version,
             row.last_refreshed_at,
+            row.instance,
         )
 
     def issued_from(
@@ -66,6 +69,7 @@ class TokenSealer:
         user_id: str,
         version: int,
         refreshed_at: datetime | None,
+        instance: str,
     ) -> IssuedToken:
         """A session from the columns of a row read without the ORM."""
         return IssuedToken(
@@ -77,4 +81,5 @@ class TokenSealer:
             user_id=user_id,
             token_version=version,
             refreshed_at=refreshed_at,
+            instance=instance,
         )

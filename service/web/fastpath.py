@@ -87,7 +87,7 @@ class TokenFastPath:
             except Exception as exc:  # what the route's caller would see, e.g. 503
                 await unexpected_error_response(exc)(scope, receive, send)
                 return
-        body = token_json(issued, runtime.settings.workfront_url)
+        body = token_json(issued, runtime.settings.instances)
         await send(
             {
                 "type": "http.response.start",

@@ -45,8 +45,11 @@ templates.env.globals["url_for"] = _template_url_for
 
 
 def content_security_policy(settings: Settings) -> str:
-    parts = urlsplit(settings.workfront_url)
-    workfront_origin = f"{parts.scheme}://{parts.netloc}"
+    origins = []
+    for instance in settings.instances.values():
+        parts = urlsplit(instance.workfront_url)
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    workfront_origin = " ".join(dict.fromkeys(origins))
     return "; ".join(
         (
             "default-src 'none'",

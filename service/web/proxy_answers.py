@@ -29,8 +29,6 @@ PROXY_PREFIX: Final = "/v1/connections/"
 PROXY_MARKER: Final = "/workfront/attask/api/"
 PROXY_METHODS: Final = ("GET", "POST", "PUT", "DELETE")
 PROXY_SCOPES: Final[tuple[KeyScope, ...]] = ("workfront:proxy", "tokens:read")
-# Until several instances are configured (issue 13), every connection is on this one.
-DEFAULT_INSTANCE: Final = "default"
 
 
 def raw_rest(scope: Scope) -> str | None:
@@ -92,6 +90,7 @@ async def proxy_answer(
     The caller's key and scope were checked already."""
     method = scope["method"] if scope["method"] in PROXY_METHODS else "GET"
     status = 500  # counted as the answer's class, the broker's own refusals included
+    instance = ""  # until the connection is known
     try:
         raw = raw_rest(scope)
         checked = upstream_rest(raw) if raw is not None else None
@@ -99,10 +98,11 @@ async def proxy_answer(
             raise ProblemError(404, "not-found", "no such Workfront API path")
         with session_problems():
             session = await runtime.tokens.get_token(connection_id, min_ttl=MIN_TTL_DEFAULT)
+            instance = session.instance
             relayed = await runtime.relay.call(
                 ProxyRequest(
                     connection_id=connection_id,
-                    instance=DEFAULT_INSTANCE,
+                    instance=instance,
                     method=method,
                     rest=checked,
                     query=scope["query_string"],
@@ -130,19 +130,21 @@ async def proxy_answer(
         status = exc.status
         raise
     finally:
-        _counter(method, status).inc()
+        _counter(instance, method, status).inc()
 
 
-_COUNTERS: dict[tuple[str, int], Counter] = {}
+_COUNTERS: dict[tuple[str, str, int], Counter] = {}
 
 
-def _counter(method: str, status: int) -> Counter:
-    """The request counter's child for this method and status class (looked up
-    once: ``labels()`` costs more than the increment)."""
-    key = (method, status // 100)
+def _counter(instance: str, method: str, status: int) -> Counter:
+    """The request counter's child for this instance, method and status class
+    (looked up once: ``labels()`` costs more than the increment). Refusals
+    before the connection is known count under instance "" (a closed set too:
+    the configured names and that)."""
+    key = (instance, method, status // 100)
     child = _COUNTERS.get(key)
     if child is None:
         child = _COUNTERS[key] = PROXY_REQUESTS.labels(
-            instance=DEFAULT_INSTANCE, method=method, status=f"{key[1]}xx"
+            instance=instance, method=method, status=f"{key[2]}xx"
         )
     return child

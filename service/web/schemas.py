@@ -10,6 +10,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.apikeys.keys import Scope
+from service.instances import Instances
 from service.workfront.protocol import SESSION_HEADER
 
 if TYPE_CHECKING:
@@ -31,6 +32,10 @@ class TokenOut(BaseModel):
     token_type: Literal["sessionID"] = "sessionID"
     expires_at: datetime = Field(description="When the session is expected to lapse (UTC).")
     workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
+    instance: str = Field(
+        description="The Workfront instance (GET /v1/instances) the session is for.",
+        examples=["default"],
+    )
     user_id: str = Field(description="The Workfront user the session belongs to.")
     session_version: str = Field(
         description=(
@@ -50,7 +55,7 @@ class TokenOut(BaseModel):
     )
 
 
-def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
+def token_json(issued: IssuedToken, instances: Instances) -> bytes:
     """A TokenOut body, serialized directly: byte for byte what pydantic would write.
 
     The token read is the hot path, and building and serializing a TokenOut
@@ -63,13 +68,21 @@ def token_json(issued: IssuedToken, workfront_url: str) -> bytes:
             "session_id": issued.session_id,
             "token_type": "sessionID",
             "expires_at": issued.expires_at,  # Z for UTC, as pydantic writes it
-            "workfront_url": workfront_url,
+            "workfront_url": instances[issued.instance].workfront_url,
+            "instance": issued.instance,
             "user_id": issued.user_id,
             "session_version": issued.session_version,
             "headers": {SESSION_HEADER: issued.session_id},
         },
         option=orjson.OPT_UTC_Z,
     )
+
+
+class InstanceOut(BaseModel):
+    name: str = Field(examples=["prod"])
+    workfront_url: str = Field(examples=["https://acme.my.workfront.com"])
+    domain: str | None = Field(description="What the callback must carry.", examples=["acme"])
+    lane: str | None = Field(examples=["my"])
 
 
 class ConnectionOut(BaseModel):
@@ -85,6 +98,7 @@ class ConnectionOut(BaseModel):
     last_refreshed_at: datetime | None
     next_refresh_at: datetime | None
     refresh_failures: int = Field(description="Consecutive failed refreshes.")
+    instance: str = Field(description="The Workfront instance (GET /v1/instances).")
     last_error_class: Literal["transient", "grant_revoked"] | None = Field(
         default=None, description="What kind of failure the last refresh was, if it failed."
     )
@@ -127,6 +141,16 @@ class ConnectSessionCreate(BaseModel):
         pattern=NO_CONTROL_CHARS,
         description="Where the browser ends; must start with a BROKER_ALLOWED_RETURN_URLS prefix.",
         examples=["https://app.example.com/settings/workfront"],
+    )
+    instance: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^[a-z0-9-]{1,32}$",
+        description=(
+            "The Workfront instance the person connects to (GET /v1/instances); may be"
+            " left out when only one is configured."
+        ),
+        examples=["default"],
     )
 
 

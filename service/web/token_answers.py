@@ -64,7 +64,7 @@ def _token_response(runtime: Runtime, issued: IssuedToken) -> Response:
     # A prebuilt body: the routes still declare response_model=TokenOut, so
     # the OpenAPI document is unchanged.
     return Response(
-        token_json(issued, runtime.settings.workfront_url),
+        token_json(issued, runtime.settings.instances),
         media_type="application/json",
         headers={"ETag": etag(issued).decode()},
     )

@@ -7,7 +7,7 @@
 - ``protocol``: the wire facts the emulator shares (paths, PKCE, size bounds).
 """
 
-from service.workfront.client import TokenSet, WorkfrontClient, WorkfrontUser
+from service.workfront.client import TokenSet, WorkfrontClient, Workfronts, WorkfrontUser
 from service.workfront.errors import (
     ClientCredentialsRejected,
     GrantRevokedError,
@@ -32,5 +32,6 @@ __all__ = [
     "WorkfrontClient",
     "WorkfrontError",
     "WorkfrontUser",
+    "Workfronts",
     "pkce_challenge",
 ]

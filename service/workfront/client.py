@@ -25,6 +25,7 @@ import aiohttp
 
 from service.clock import now_utc
 from service.config import Settings
+from service.instances import Instance
 from service.metrics import UPSTREAM_LATENCY
 from service.workfront.errors import (
     ClientCredentialsRejected,
@@ -76,20 +77,21 @@ class _Answer:
 
 
 class WorkfrontClient:
-    """Calls to the instance over one aiohttp session (see ``open`` and
-    ``service.workfront.http``)."""
+    """Calls to one instance, with that instance's app credentials only, over
+    the broker's aiohttp session (``service.workfront.http``)."""
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, instance: Instance, http: aiohttp.ClientSession) -> None:
         self._settings = settings
+        self.instance = instance
         self._http = http
-        self._base = settings.workfront_url
-        version = settings.workfront_api_version
+        self._base = instance.workfront_url
+        version = instance.api_version
         self._session_url = f"{self._base}{SESSION_PATH.format(version=version)}"
         self._logout_url = f"{self._base}{LOGOUT_PATH.format(version=version)}"
         self._token_url = f"{self._base}{TOKEN_PATH}"
         self._proxy = _proxy_for(self._base)
-        secret = settings.client_secret.get_secret_value()
-        basic = base64.b64encode(f"{settings.client_id}:{secret}".encode()).decode()
+        secret = instance.client_secret.get_secret_value()
+        basic = base64.b64encode(f"{instance.client_id}:{secret}".encode()).decode()
         # Built once: per-request auth objects cost more than the request.
         self._basic_auth = {"Authorization": f"Basic {basic}"}
         # A refresh waits longer for its answer than other calls (see
@@ -101,12 +103,6 @@ class WorkfrontClient:
             sock_connect=min(upstream, 5.0),
             sock_read=max(upstream, settings.refresh_timeout_seconds),
         )
-
-    @classmethod
-    @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[WorkfrontClient]:
-        async with open_session(settings) as http:
-            yield cls(settings, http)
 
     async def _call(self, method: str, url: str, *, what: str, **kwargs: Any) -> _Answer:
         """One request, read whole; network failures and timeouts as TransientError."""
@@ -125,8 +121,8 @@ class WorkfrontClient:
 
     def authorize_url(self, *, state: str, code_challenge: str | None = None) -> str:
         params = {
-            "client_id": self._settings.client_id,
-            "redirect_uri": self._settings.redirect_uri,
+            "client_id": self.instance.client_id,
+            "redirect_uri": self.instance.redirect_uri,
             "response_type": "code",
             "state": state,
         }
@@ -141,7 +137,7 @@ class WorkfrontClient:
         fields = {
             "grant_type": "authorization_code",
             "code": code,
-            "redirect_uri": self._settings.redirect_uri,
+            "redirect_uri": self.instance.redirect_uri,
         }
         if code_verifier is not None:
             fields["code_verifier"] = code_verifier
@@ -149,9 +145,9 @@ class WorkfrontClient:
 
     async def refresh(self, refresh_token: str) -> TokenSet:
         fields = {"grant_type": "refresh_token", "refresh_token": refresh_token}
-        if self._settings.token_auth == "form":
+        if self.instance.token_auth == "form":
             # The documented form-style refresh carries redirect_uri too.
-            fields["redirect_uri"] = self._settings.redirect_uri
+            fields["redirect_uri"] = self.instance.redirect_uri
         return await self._token_request(
             fields,
             secret=refresh_token,
@@ -167,11 +163,11 @@ class WorkfrontClient:
         previous_refresh_token: str | None,
         call_timeout: aiohttp.ClientTimeout | None = None,
     ) -> TokenSet:
-        client_secret = self._settings.client_secret.get_secret_value()
+        client_secret = self.instance.client_secret.get_secret_value()
         per_call: dict[str, Any] = {} if call_timeout is None else {"timeout": call_timeout}
         started = time.monotonic()
         try:
-            if self._settings.token_auth == "basic_json":
+            if self.instance.token_auth == "basic_json":
                 response = await self._call(
                     "POST",
                     self._token_url,
@@ -183,7 +179,7 @@ class WorkfrontClient:
             else:
                 form = {
                     **fields,
-                    "client_id": self._settings.client_id,
+                    "client_id": self.instance.client_id,
                     "client_secret": client_secret,
                 }
                 response = await self._call(
@@ -200,8 +196,10 @@ class WorkfrontClient:
                 # Marking every connection needs_reauth over a mistyped secret
                 # would make every user connect again: say so to the operator.
                 log.error(
-                    "Workfront refused the app's client credentials: check "
-                    "BROKER_CLIENT_ID and BROKER_CLIENT_SECRET"
+                    "Workfront refused the app's client credentials of instance %r: check"
+                    " its client id and secret (BROKER_CLIENT_ID and BROKER_CLIENT_SECRET"
+                    " for 'default')",
+                    self.instance.name,
                 )
             raise error
         try:
@@ -285,3 +283,25 @@ class WorkfrontClient:
             log.info("%s; the session will lapse by itself", exc.detail)
             return False
         return response.status == 200
+
+
+class Workfronts:
+    """One client per configured instance, sharing the broker's HTTP session."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+        self._clients = {
+            name: WorkfrontClient(settings, instance, http)
+            for name, instance in settings.instances.items()
+        }
+
+    def __getitem__(self, instance: str) -> WorkfrontClient:
+        return self._clients[instance]
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self._clients
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Workfronts]:
+        async with open_session(settings) as http:
+            yield cls(settings, http)

@@ -67,7 +67,7 @@ async def test_authorize_redirects_with_state_and_cookie(
     assert params["client_id"] == broker.settings.client_id
     assert params["redirect_uri"] == broker.settings.redirect_uri
     assert params["response_type"] == "code"
-    assert len(params["state"]) == 82  # signed: time, 128-bit nonce, link, two tags
+    assert len(params["state"]) == 92  # signed: time, nonce, link, instance, two tags
     assert "code_challenge" not in params
     cookie = response.headers["set-cookie"].lower()
     assert "httponly" in cookie

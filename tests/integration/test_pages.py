@@ -154,7 +154,8 @@ async def test_every_page_carries_the_headers_and_no_script(
     try:
         await check(callback, 502, "app credentials")
     finally:
-        await emulator.configure(client_secret=site.settings.client_secret.get_secret_value())
+        secret = site.settings.instances["default"].client_secret.get_secret_value()
+        await emulator.configure(client_secret=secret)
     callback = await site.authorize("page-user")
     transport = httpx.ASGITransport(app=site.app)
     async with httpx.AsyncClient(transport=transport, base_url=BROKER_BASE) as other:

@@ -243,6 +243,7 @@ async def test_failure_statements_write_what_the_orm_wrote(
         assert payload["data"] == {
             "connection_id": str(connection_id),
             "user_id": user_id,
+            "instance": "default",
             "external_ref": None,
             "reason": "grant_revoked",
         }

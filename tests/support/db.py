@@ -175,7 +175,7 @@ async def seed_connections(
         rows.append(
             (
                 connection_id,
-                settings.instance_host,
+                "default",
                 grant["user_id"],
                 grant["customer_id"],
                 grant["wid"],

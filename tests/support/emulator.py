@@ -58,19 +58,20 @@ async def refresh_requests(emulator: Emulator) -> list[dict[str, object]]:
 
 
 @contextmanager
-def serve_emulator() -> Iterator[str]:
+def serve_emulator(**settings: Any) -> Iterator[str]:
     """The emulator, with the test broker registered (CLIENT_ID, its callback at
-    BROKER_BASE, instance acme/my), over real HTTP in its own thread; its base URL."""
+    BROKER_BASE, instance acme/my, unless ``settings`` say otherwise), over real
+    HTTP in its own thread; its base URL."""
     port = free_port()
-    app = create_emulator_app(
-        EmulatorSettings(
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            redirect_uri=f"{BROKER_BASE}/oauth/callback",
-            domain="acme",
-            lane="my",
-        )
-    )
+    values: dict[str, Any] = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uri": f"{BROKER_BASE}/oauth/callback",
+        "domain": "acme",
+        "lane": "my",
+        **settings,
+    }
+    app = create_emulator_app(EmulatorSettings(**values))
     server = make_server(app, host="127.0.0.1", port=port, log_level="warning")
     thread = threading.Thread(target=asyncio.run, args=(server.serve(),), daemon=True)
     thread.start()

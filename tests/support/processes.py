@@ -79,15 +79,17 @@ def run_cli(
 
 
 def serve_env(database_url: str, settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a `serve` process configured like ``settings``."""
+    """The environment of a `serve` process configured like ``settings`` (its
+    instance ``default``)."""
+    default = settings.instances["default"]
     return {
         **os.environ,
         "BROKER_DATABASE_URL": database_url,
-        "BROKER_WORKFRONT_URL": settings.workfront_url,
+        "BROKER_WORKFRONT_URL": default.workfront_url,
         "BROKER_WORKFRONT_DOMAIN": "acme",
         "BROKER_WORKFRONT_LANE": "my",
-        "BROKER_CLIENT_ID": settings.client_id,
-        "BROKER_CLIENT_SECRET": settings.client_secret.get_secret_value(),
+        "BROKER_CLIENT_ID": default.client_id,
+        "BROKER_CLIENT_SECRET": default.client_secret.get_secret_value(),
         "BROKER_REDIRECT_URI": settings.redirect_uri,
         "BROKER_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
         "BROKER_ADMIN_API_KEY": ADMIN_KEY,

@@ -164,10 +164,10 @@ async def _wait_ready(broker_url: str, within: float = 60) -> None:
             await asyncio.sleep(0.1)
 
 
-async def _connect_in_demo(broker_url: str) -> None:
+async def _connect_in_demo(broker_url: str, instance: str) -> None:
     await _wait_ready(broker_url)
     async with httpx.AsyncClient(base_url=broker_url) as browser:
-        start = await browser.get("/oauth/authorize")
+        start = await browser.get("/oauth/authorize", params={"instance": instance})
         location = urlsplit(start.headers["location"])
         params = {k: v[0] for k, v in parse_qs(location.query).items()}
         async with httpx.AsyncClient() as wf:
@@ -181,9 +181,10 @@ async def _connect_in_demo(broker_url: str) -> None:
 
 
 async def test_dev_runs_the_whole_demo_and_keeps_its_data(tmp_path: Path) -> None:
-    port, emulator_port = free_port(), free_port()
+    port, emulator_port, preview_port = free_port(), free_port(), free_port()
     broker_url = f"http://127.0.0.1:{port}"
     args = ["dev", "--port", str(port), "--emulator-port", str(emulator_port)]
+    args += ["--preview-port", str(preview_port)]
     env = env_without_broker()
     session_ids = []
     for round_ in range(2):
@@ -202,17 +203,20 @@ async def test_dev_runs_the_whole_demo_and_keeps_its_data(tmp_path: Path) -> Non
             headers = {"Authorization": f"Bearer {key}"}
             await _wait_ready(broker_url)
             if round_ == 0:
-                await _connect_in_demo(broker_url)
+                # The demo's two instances: one user connected on each.
+                await _connect_in_demo(broker_url, "default")
+                await _connect_in_demo(broker_url, "preview")
             async with httpx.AsyncClient(base_url=broker_url, headers=headers) as api:
                 listed = await api.get("/v1/connections")
                 assert listed.status_code == 200
-                [connection] = listed.json()
-                token = await api.get(f"/v1/connections/{connection['id']}/token")
-                assert token.status_code == 200, token.text
-                session_ids.append(token.json()["session_id"])
+                assert sorted(c["instance"] for c in listed.json()) == ["default", "preview"]
+                for connection in listed.json():
+                    token = await api.get(f"/v1/connections/{connection['id']}/token")
+                    assert token.status_code == 200, token.text
+                    session_ids.append(token.json()["session_id"])
         finally:
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=30) == 0, log.read_text()
     # Restarted on the same data: the stored session is still readable.
-    assert session_ids[0] == session_ids[1]
+    assert session_ids[:2] == session_ids[2:]
     assert (tmp_path / ".dev-data" / "encryption-key").exists()

@@ -6,9 +6,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from tests.support import REPO
+from tests.support.broker import BrokerHarness
 from tests.support.config_values import (
     ADMIN_BLANK,
     BAD_KEY_MATERIAL,
@@ -17,7 +19,7 @@ from tests.support.config_values import (
     assert_no_secret,
     good_values,
 )
-from tests.support.processes import env_without_broker, run_cli
+from tests.support.processes import env_without_broker, run_cli, serve_env
 
 
 @pytest.fixture
@@ -73,3 +75,22 @@ def test_serve_reports_missing_database_url_with_the_other_problems(tmp_path: Pa
         for line in _config_lines(result.stderr)
     )
     assert named == ["BROKER_CLIENT_ID", "BROKER_DATABASE_URL"], result.stderr
+
+
+async def test_serve_refuses_when_an_instance_with_connections_is_gone(
+    broker: BrokerHarness, database_url: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Connections made on 'preview' while the configuration now names only
+    'default': start-up refuses, naming the instance and its connections."""
+    for name in ("alice", "bob"):
+        connection_id = await broker.connect(name)
+        await db.execute("UPDATE connections SET instance = 'preview' WHERE id = $1", connection_id)
+    result = run_cli(
+        "serve", "--port", "1", env=serve_env(database_url, broker.settings), cwd=tmp_path,
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = _config_lines(result.stderr)
+    assert len(lines) == 1, result.stderr
+    assert "instance 'preview' still has 2 connection(s) but is not configured" in lines[0]
+    assert_no_secret(result.stderr, *SECRETS)

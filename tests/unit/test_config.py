@@ -64,6 +64,7 @@ def test_good_minimal_configuration_loads_with_contract_defaults(env: pytest.Mon
     _set(env, good_values())
     settings = load_settings()
     assert settings.database_url is None
+    assert settings.client_secret is not None
     assert settings.client_secret.get_secret_value() == CLIENT_SECRET
     assert CLIENT_SECRET not in repr(settings)
     assert settings.token_auth == "basic_json"
@@ -349,7 +350,7 @@ def test_domain_and_lane_are_derived_from_the_host(
     _set(env, {**good_values(), "BROKER_WORKFRONT_URL": url})
     settings = load_settings()
     assert settings.workfront_url == url.rstrip("/")
-    assert settings.expected_domain_lane() == expected
+    assert settings.instances["default"].expected_domain_lane() == expected
 
 
 def test_check_off_warns_at_start(
@@ -357,7 +358,7 @@ def test_check_off_warns_at_start(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="service.config")
     _set(env, {**good_values(), "BROKER_WORKFRONT_URL": "http://127.0.0.1:8001"})
-    assert load_settings().expected_domain_lane() is None
+    assert load_settings().instances["default"].expected_domain_lane() is None
     assert any(
         "BROKER_WORKFRONT_DOMAIN" in record.getMessage() and record.levelno == logging.WARNING
         for record in caplog.records
@@ -377,11 +378,11 @@ def test_explicit_domain_and_lane_win(
             "BROKER_WORKFRONT_LANE": "my",
         },
     )
-    assert load_settings().expected_domain_lane() == ("emulator", "my")
+    assert load_settings().instances["default"].expected_domain_lane() == ("emulator", "my")
     assert not caplog.records
     env.setenv("BROKER_WORKFRONT_URL", "https://acme.my.workfront.com")
     env.delenv("BROKER_WORKFRONT_LANE")
-    assert load_settings().expected_domain_lane() == ("emulator", "my")
+    assert load_settings().instances["default"].expected_domain_lane() == ("emulator", "my")
 
 
 # .env ---------------------------------------------------------------------------------------
@@ -404,6 +405,7 @@ def test_dotenv_file_is_read(env: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = load_settings()
     assert settings.workfront_url == "https://acme.my.workfront.com"
     assert settings.client_id == "client-id"
+    assert settings.client_secret is not None
     assert settings.client_secret.get_secret_value() == CLIENT_SECRET
     assert settings.database_url == "postgresql+asyncpg://broker@db/broker"
     assert settings.token_auth == "form"

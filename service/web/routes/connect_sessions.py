@@ -34,11 +34,22 @@ async def create_connect_session(
     body: Annotated[ConnectSessionCreate, Depends(json_body(ConnectSessionCreate))],
 ) -> ConnectSessionOut:
     settings = runtime.settings
+    instance = body.instance
+    if instance is None:
+        only = settings.instances.only
+        if only is None:
+            raise ProblemError(
+                422, "instance-required", "several instances are configured: name one"
+            )
+        instance = only.name
+    elif instance not in settings.instances:
+        raise ProblemError(422, "unknown-instance", "no such instance (see GET /v1/instances)")
     try:
         link = await create_connect_link(
             runtime.database,
             external_ref=body.external_ref,
             return_url=body.return_url,
+            instance=instance,
             allowed_return_urls=settings.return_url_prefixes,
             ttl=timedelta(seconds=settings.connect_link_ttl_seconds),
             created_by=principal.client_id,

@@ -145,6 +145,7 @@ async def list_connections(
     user_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     external_ref: Annotated[str | None, Query(max_length=255, pattern=NO_CONTROL_CHARS)] = None,
     status: ConnectionStatus | None = None,
+    instance: Annotated[str | None, Query(max_length=32, pattern=NO_CONTROL_CHARS)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[ConnectionOut]:
@@ -155,6 +156,8 @@ async def list_connections(
         query = query.where(Connection.external_ref == external_ref)
     if status is not None:
         query = query.where(Connection.status == status)
+    if instance is not None:
+        query = query.where(Connection.instance == instance)
     async with runtime.database() as db:
         # One more than asked: whether a next page exists, without a count.
         rows = (await db.scalars(query.limit(limit + 1).offset(offset))).all()

@@ -111,6 +111,16 @@ SessionParam = Annotated[
 ]
 
 
+InstanceParam = Annotated[
+    str | None,
+    Query(
+        max_length=32,
+        description="The Workfront instance to connect to (GET /v1/instances); when several"
+        " are configured and none is named, /connect offers the choice.",
+    ),
+]
+
+
 def _readable(moment: datetime) -> str:
     return moment.strftime("%H:%M UTC on %d %b %Y")
 
@@ -125,7 +135,10 @@ def _readable(moment: datetime) -> str:
     },
 )
 async def connect_page(
-    request: Request, runtime: RuntimeDep, link: SessionParam = None
+    request: Request,
+    runtime: RuntimeDep,
+    link: SessionParam = None,
+    instance: InstanceParam = None,
 ) -> HTMLResponse:
     settings = runtime.settings
     authorize_url = URL(public_link(request, settings, "start_authorization"))
@@ -133,11 +146,26 @@ async def connect_page(
     if link is None:
         if not settings.connect_page_enabled:
             return not_found(request, settings)
+        if instance is None and settings.instances.only is None:
+            # Several instances: the person picks one.
+            choices = [
+                (name, chosen.host, str(authorize_url.include_query_params(instance=name)))
+                for name, chosen in settings.instances.items()
+            ]
+            return render(request, settings, "connect.html", 200, choices=choices, for_app=False)
+        named = settings.instances.only if instance is None else settings.instances.get(instance)
+        if named is None:
+            return not_found(request, settings)
+        if instance is not None:
+            authorize_url = authorize_url.include_query_params(instance=named.name)
     else:
         try:
             found = await live_connect_link(runtime.database, link)
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
+        named = settings.instances.get(found.instance)
+        if named is None:
+            return not_found(request, settings)
         authorize_url = authorize_url.include_query_params(session=link)
         expires_at = _readable(found.expires_at)
     return render(
@@ -145,7 +173,7 @@ async def connect_page(
         settings,
         "connect.html",
         200,
-        instance=settings.instance_host,
+        instance=named.host,
         authorize_url=str(authorize_url),
         for_app=link is not None,
         expires_at=expires_at,
@@ -176,20 +204,37 @@ async def connect_link_page(request: Request, runtime: RuntimeDep, token: str) -
     },
 )
 async def start_authorization(
-    request: Request, runtime: RuntimeDep, link: SessionParam = None
+    request: Request,
+    runtime: RuntimeDep,
+    link: SessionParam = None,
+    instance: InstanceParam = None,
 ) -> Response:
     settings = runtime.settings
     link_id = None
     if link is None:
         if not settings.connect_page_enabled:
             return not_found(request, settings)
+        if instance is None and settings.instances.only is None:
+            # Several instances and none named: the page that offers the choice.
+            return RedirectResponse(
+                public_link(request, settings, "connect_page"),
+                status_code=302,
+                headers=page_headers(settings),
+            )
+        named = settings.instances.only if instance is None else settings.instances.get(instance)
     else:
         try:
-            link_id = (await live_connect_link(runtime.database, link)).id
+            found = await live_connect_link(runtime.database, link)
         except CallbackFailure as failure:
             return await _error_page(request, runtime, failure)
+        link_id, named = found.id, settings.instances.get(found.instance)
+    if named is None:
+        return not_found(request, settings)
     started = start_attempt(
-        runtime, browser_cookie=request.cookies.get(ATTEMPT_COOKIE), link_id=link_id
+        runtime,
+        browser_cookie=request.cookies.get(ATTEMPT_COOKIE),
+        link_id=link_id,
+        instance=named.name,
     )
     response = RedirectResponse(
         started.authorize_url, status_code=302, headers=page_headers(settings)

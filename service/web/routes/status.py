@@ -151,7 +151,7 @@ async def status_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
         rows=rows,
         limit=SOONEST,
         generated_at=now.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        instance=settings.instance_host,
+        instance=", ".join(i.host for i in settings.instances.values()),
     )
 
 

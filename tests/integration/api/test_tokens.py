@@ -23,6 +23,7 @@ TOKEN_FIELDS = {
     "token_type",
     "expires_at",
     "workfront_url",
+    "instance",
     "user_id",
     "session_version",
     "headers",

@@ -175,6 +175,7 @@ async def test_a_link_with_a_return_url_outside_the_list_is_not_stored() -> None
             _no_database,
             external_ref="user-4711",
             return_url="https://app.example.com.evil.net/",
+            instance="default",
             allowed_return_urls=PREFIXES,
             ttl=timedelta(minutes=30),
             created_by=None,
