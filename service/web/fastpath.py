@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.logs import note_client, note_route
 from service.metrics import TOKEN_REQUESTS
+from service.web.known_callers import canonical_uuid, known_caller
 from service.web.problems import ProblemError, problem_response, unexpected_error_response
 from service.web.schemas import token_json
 from service.web.token_answers import (
@@ -105,10 +106,6 @@ class TokenFastPath:
     def _known_caller(scope: Scope, raw_id: str) -> tuple[Runtime, uuid.UUID, int] | None:
         """(runtime, connection id, min_ttl) when this is a plain request by a known
         caller with the scope; else None (the route decides)."""
-        app = scope.get("app")
-        runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
-        if runtime is None:
-            return None
         query: bytes = scope["query_string"]
         if not query:
             min_ttl = MIN_TTL_DEFAULT
@@ -119,22 +116,14 @@ class TokenFastPath:
             min_ttl = int(match[1])
             if min_ttl > MIN_TTL_MAX:
                 return None
-        key = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                if key is not None:
-                    return None  # two Authorization headers: let the route judge
-                key = value
-        if key is None or not key.startswith(b"Bearer ") or len(key) > 7 + 200:
+        known = known_caller(scope)
+        if known is None:
             return None
-        principal = runtime.authenticator.cached(key[7:].decode("latin-1"))
-        if principal is None or not principal.allows(TOKENS_SCOPE):
+        runtime, principal = known
+        if not principal.allows(TOKENS_SCOPE):
             return None
-        try:
-            connection_id = uuid.UUID(raw_id)
-        except ValueError:
-            return None
-        if str(connection_id) != raw_id:
+        connection_id = canonical_uuid(raw_id)
+        if connection_id is None:
             return None
         # The log context the route's dependencies would have set.
         note_client(principal.client_id)

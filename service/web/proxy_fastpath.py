@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.logs import note_client, note_route
+from service.web.known_callers import canonical_uuid, known_caller
 from service.web.problems import ProblemError, problem_response, unexpected_error_response
 from service.web.proxy_answers import (
     PROXY_MARKER,
@@ -69,26 +70,14 @@ async def _answer(
 def _known_caller(scope: Scope, raw_id: str) -> tuple[Runtime, uuid.UUID] | None:
     """(runtime, connection id) for a plain request by a known caller with a
     proxy scope; else None (the route decides)."""
-    app = scope.get("app")
-    runtime: Runtime | None = getattr(getattr(app, "state", None), "runtime", None)
-    if runtime is None:
+    known = known_caller(scope)
+    if known is None:
         return None
-    key = None
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            if key is not None:
-                return None  # two Authorization headers: let the route judge
-            key = value
-    if key is None or not key.startswith(b"Bearer ") or len(key) > 7 + 200:
+    runtime, principal = known
+    if not any(principal.allows(s) for s in PROXY_SCOPES):
         return None
-    principal = runtime.authenticator.cached(key[7:].decode("latin-1"))
-    if principal is None or not any(principal.allows(s) for s in PROXY_SCOPES):
-        return None
-    try:
-        connection_id = uuid.UUID(raw_id)
-    except ValueError:
-        return None
-    if str(connection_id) != raw_id:
+    connection_id = canonical_uuid(raw_id)
+    if connection_id is None:
         return None
     note_client(principal.client_id)
     note_route(PROXY_PATH, raw_id)

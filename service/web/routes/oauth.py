@@ -111,10 +111,10 @@ SessionParam = Annotated[
 ]
 
 
+# Not bounded here either: an unknown name (a long one too) gets the HTML 404 page.
 InstanceParam = Annotated[
     str | None,
     Query(
-        max_length=32,
         description="The Workfront instance to connect to (GET /v1/instances); when several"
         " are configured and none is named, /connect offers the choice.",
     ),
