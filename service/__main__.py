@@ -100,13 +100,22 @@ def _cmd_clients_create(args: argparse.Namespace) -> None:
     from service.apikeys.clients import ClientCreate
 
     try:
-        spec = ClientCreate(name=args.name, scopes=args.scope)
+        spec = ClientCreate(
+            name=args.name,
+            scopes=args.scope,
+            instances=args.instance,
+            connections=args.connections,
+        )
     except ValidationError as exc:
         raise ConfigError(
             [f"--{e['loc'][0]}: {e['msg']}" if e["loc"] else e["msg"] for e in exc.errors()]
         ) from None
     key = asyncio.run(_create_client(spec))
-    print(f"created API client {spec.name!r} with scopes {', '.join(spec.scopes)}")
+    reach = "every instance" if spec.instances is None else ", ".join(spec.instances)
+    print(
+        f"created API client {spec.name!r} with scopes {', '.join(spec.scopes)};"
+        f" reaches {spec.connections} connections on {reach}"
+    )
     print("its key (shown this once, store it now):")
     print(key)
 
@@ -218,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     create = clients.add_parser("create", help="create an API client and print its key once")
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", required=True, dest="scope")
+    create.add_argument(
+        "--instance",
+        action="append",
+        default=None,
+        help="an instance the key reaches (repeat for more; none given: all)",
+    )
+    create.add_argument(
+        "--connections",
+        choices=("all", "own"),
+        default="all",
+        help="own: only the connections brought in through this client's connect sessions",
+    )
     create.set_defaults(func=_cmd_clients_create)
 
     keys = commands.add_parser("keys", help="encryption keys").add_subparsers(

@@ -27,19 +27,38 @@ from service.metrics import HOT_CACHE_READS
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: a stored client, or the bootstrap admin key (id None)."""
+    """Who is calling: a stored client, or the bootstrap admin key (id None),
+    and what it reaches: connections on ``instances`` (None: every instance),
+    all of them or (``own_only``) only those it brought in through its
+    connect sessions. Outside its reach a connection does not exist for it."""
 
     client_id: uuid.UUID | None
     name: str
     scopes: frozenset[str]  # as granted: implied ones included (see granted_scopes)
+    instances: frozenset[str] | None = None
+    own_only: bool = False
 
     def allows(self, scope: Scope) -> bool:
         return scope in self.scopes
 
+    @property
+    def restricted(self) -> bool:
+        return self.instances is not None or self.own_only
+
+    def reaches_instance(self, instance: str) -> bool:
+        return self.instances is None or instance in self.instances
+
+    def reaches(self, instance: str, brought_by: uuid.UUID | None) -> bool:
+        """Whether a connection on ``instance`` brought in by ``brought_by`` is
+        within this key's reach."""
+        if self.instances is not None and instance not in self.instances:
+            return False
+        return not self.own_only or (brought_by is not None and brought_by == self.client_id)
+
 
 # Built once: constructing a statement per call costs more than running it.
 _LOOKUP = text(
-    "SELECT key_hash, id, name, scopes FROM api_clients"
+    "SELECT key_hash, id, name, scopes, instances, connections FROM api_clients"
     " WHERE key_hash = ANY(:hashes) AND revoked_at IS NULL"
 ).bindparams(bindparam("hashes", type_=ARRAY(LargeBinary)))
 
@@ -91,9 +110,13 @@ class ApiKeyAuthenticator:
         # of two such hashes takes tells an attacker nothing about a key.
         return {
             bytes(key_hash): Principal(
-                client_id=client_id, name=name, scopes=granted_scopes(scopes)
+                client_id=client_id,
+                name=name,
+                scopes=granted_scopes(scopes),
+                instances=None if instances is None else frozenset(instances),
+                own_only=connections == "own",
             )
-            for key_hash, client_id, name, scopes in await read_all(
+            for key_hash, client_id, name, scopes, instances, connections in await read_all(
                 self._reader, _LOOKUP, {"hashes": digests}
             )
         }

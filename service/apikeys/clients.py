@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select, update
@@ -18,7 +18,7 @@ from service.db.engine import Database
 from service.db.models import ApiClient
 
 if TYPE_CHECKING:
-    from service.apikeys.authenticator import ApiKeyAuthenticator
+    from service.apikeys.authenticator import ApiKeyAuthenticator, Principal
 
 # Text without NUL (PostgreSQL cannot store it) nor other control characters,
 # and at least one character that is not white space.
@@ -38,6 +38,20 @@ class ClientCreate(BaseModel):
         examples=["reporting-service"],
     )
     scopes: list[Scope] = Field(min_length=1, max_length=len(SCOPES), examples=[["tokens:read"]])
+    instances: list[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,32}$")]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="The instances the key reaches (GET /v1/instances); left out: all.",
+        examples=[["prod"]],
+    )
+    connections: Literal["all", "own"] = Field(
+        default="all",
+        description=(
+            "`own`: only the connections created or last re-authorized through this"
+            " client's connect sessions; `all` (the default): every connection."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -55,12 +69,19 @@ class ClientCreate(BaseModel):
         # Duplicates dropped, the caller's order kept: the answer echoes the request.
         return list(dict.fromkeys(value))
 
+    @field_validator("instances")
+    @classmethod
+    def _instances(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else list(dict.fromkeys(value))
+
 
 @dataclass(frozen=True)
 class CreatedClient:
     id: uuid.UUID
     name: str
     scopes: list[Scope]
+    instances: list[str] | None
+    connections: str
     api_key: str = field(repr=False)  # the only time it exists in plain text
 
 
@@ -82,6 +103,8 @@ async def create_client(
                 key_hash=lookup_digest(key),
                 key_hint=key_hint(key),
                 scopes=spec.scopes,
+                instances=spec.instances,
+                connections=spec.connections,
             )
         )
         await record_event(
@@ -91,8 +114,28 @@ async def create_client(
             new_client_id=str(client_id),
             name=spec.name,
             scopes=spec.scopes,
+            instances=spec.instances,
+            connections=spec.connections,
         )
-    return CreatedClient(id=client_id, name=spec.name, scopes=spec.scopes, api_key=key)
+    return CreatedClient(
+        id=client_id,
+        name=spec.name,
+        scopes=spec.scopes,
+        instances=spec.instances,
+        connections=spec.connections,
+        api_key=key,
+    )
+
+
+def widens(creator: Principal, spec: ClientCreate) -> bool:
+    """Whether a client made to ``spec`` would reach what its creator cannot
+    (a key limited to instances or to its own connections cannot widen itself)."""
+    if creator.instances is not None and (
+        spec.instances is None or not set(spec.instances) <= creator.instances
+    ):
+        return True
+    # A creator limited to its own connections cannot make one that reaches others'.
+    return creator.own_only and spec.connections != "own"
 
 
 async def list_clients(database: Database) -> Sequence[ApiClient]:

@@ -9,6 +9,7 @@ before it could store the old session again.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -39,8 +40,13 @@ class ConnectionLifecycle:
         user: WorkfrontUser,
         tokens: TokenSet,
         external_ref: str | None,
+        brought_by: uuid.UUID | None = None,
     ) -> tuple[uuid.UUID, bool]:
         """Create the user's connection, or update it on re-authorization.
+
+        ``brought_by``: the API client whose connect link this sign-in came
+        through (None: the operator page); it then reaches the connection
+        when limited to its own.
 
         Returns (connection id, created). One transaction: a failure stores
         nothing. (A connect link is claimed by the sign-in before the code is
@@ -55,7 +61,10 @@ class ConnectionLifecycle:
                         .with_for_update()
                     )
                     if row is None:
-                        return await self._create(db, instance, user, tokens, external_ref), True
+                        made = await self._create(
+                            db, instance, user, tokens, external_ref, brought_by
+                        )
+                        return made, True
                     recovered = row.status != STATUS_ACTIVE
                     seal_tokens(
                         self._parts.sealer, self._parts.schedule, row.id, tokens, now_utc()
@@ -65,6 +74,8 @@ class ConnectionLifecycle:
                     row.customer_id = user.customer_id
                     if external_ref is not None:
                         row.external_ref = external_ref
+                    if brought_by is not None:
+                        row.brought_by = brought_by  # last re-authorized through its link
                     await record_event(
                         db, "connection.reauthorized", connection_id=row.id, recovered=recovered
                     )
@@ -86,6 +97,7 @@ class ConnectionLifecycle:
         user: WorkfrontUser,
         tokens: TokenSet,
         external_ref: str | None,
+        brought_by: uuid.UUID | None,
     ) -> uuid.UUID:
         connection_id = uuid.uuid4()
         now = now_utc()
@@ -96,6 +108,7 @@ class ConnectionLifecycle:
             "user_id": user.user_id,
             "customer_id": user.customer_id,
             "external_ref": external_ref,
+            "brought_by": brought_by,
             "status": STATUS_ACTIVE,
             "token_version": 1,
             "created_at": now,
@@ -115,14 +128,18 @@ class ConnectionLifecycle:
         return connection_id
 
     async def delete_connection(
-        self, connection_id: uuid.UUID, *, client_id: uuid.UUID | None
+        self,
+        connection_id: uuid.UUID,
+        *,
+        client_id: uuid.UUID | None,
+        reach: Callable[[str, uuid.UUID | None], bool] | None = None,
     ) -> None:
         """Delete the row (the tokens go with it), then try Workfront's logout."""
         async with self._parts.database() as db, db.begin():
             row = await db.scalar(
                 select(Connection).where(Connection.id == connection_id).with_for_update()
             )
-            if row is None:
+            if row is None or (reach is not None and not reach(row.instance, row.brought_by)):
                 raise ConnectionNotFound
             try:
                 access_token: str | None = self._parts.sealer.open(row, ACCESS)

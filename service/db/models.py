@@ -63,6 +63,9 @@ class Connection(Base):
     customer_id: Mapped[str | None] = mapped_column(String(64))
     wid: Mapped[str | None] = mapped_column(String(255))
     external_ref: Mapped[str | None] = mapped_column(String(255))
+    # The API client whose connect session created or last re-authorized it
+    # (None: through the operator page), for keys limited to their own.
+    brought_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=STATUS_ACTIVE)
     access_token_enc: Mapped[str] = mapped_column(Text, nullable=False)
     refresh_token_enc: Mapped[str] = mapped_column(Text, nullable=False)
@@ -96,6 +99,10 @@ class ApiClient(Base):
     key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), nullable=False, unique=True)
     key_hint: Mapped[str] = mapped_column(String(16), nullable=False)
     scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)), nullable=False)
+    # What the key reaches (service.apikeys.authenticator.Principal): these
+    # instances (None: all), and all connections or only those it brought in.
+    instances: Mapped[list[str] | None] = mapped_column(ARRAY(String(32)))
+    connections: Mapped[str] = mapped_column(String(8), nullable=False, server_default="all")
     created_at: Mapped[datetime] = _now_column()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -103,6 +103,7 @@ async def _connect(
             user=user,
             tokens=tokens,
             external_ref=link.external_ref if link else None,
+            brought_by=link.created_by if link else None,
         )
     except Exception:
         if claimed is not None:

@@ -25,6 +25,8 @@ class IssuedToken:
     refreshed_at: datetime | None
     # The Workfront instance the session is for (service.instances).
     instance: str
+    # The API client that brought the connection in (keys limited to their own).
+    brought_by: uuid.UUID | None = None
     # expires_at as a POSIX timestamp: the cache's min_ttl check without
     # datetime arithmetic.
     expires_ts: float = field(init=False, repr=False, compare=False)

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select
@@ -36,9 +37,17 @@ def _older(seen: str, version: int) -> bool:
     return seen.isascii() and seen.isdigit() and len(seen) < 19 and int(seen) < version
 
 
-_VERSION_READ = select(Connection.token_version, Connection.last_refreshed_at, func.now()).where(
-    Connection.id == bindparam("connection_id")
-)
+_VERSION_READ = select(
+    Connection.token_version,
+    Connection.last_refreshed_at,
+    func.now(),
+    Connection.instance,
+    Connection.brought_by,
+).where(Connection.id == bindparam("connection_id"))
+
+# Whether a caller reaches a connection: (instance, brought_by) -> bool
+# (service.apikeys.authenticator.Principal.reaches); None: every connection.
+Reach = Callable[[str, uuid.UUID | None], bool] | None
 
 
 class TokenIssuer:
@@ -61,17 +70,20 @@ class TokenIssuer:
         self.claims = parts.claims
 
     async def get_token(
-        self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True
+        self, connection_id: uuid.UUID, *, min_ttl: int, cached: bool = True, reach: Reach = None
     ) -> IssuedToken:
         """A session with at least ``min_ttl`` seconds left (see ``needed_ttl``),
         refreshing first when needed.
 
         ``cached=False`` reads the row even when memory holds a session: for a
         caller who must see what another replica may have just stored.
+        ``reach``: a connection outside it is not found, before any refresh.
         """
         if cached:
             hit = self.reads.cache.get(connection_id)
             if hit is not None and hit.expires_ts - time.time() >= self.needed_ttl(hit, min_ttl):
+                if reach is not None and not reach(hit.instance, hit.brought_by):
+                    raise ConnectionNotFound
                 return hit
             # Concurrent callers of a connection not in memory (or whose
             # session there is too old) share one read: another replica may
@@ -84,7 +96,12 @@ class TokenIssuer:
         if read is None:
             raise ConnectionNotFound
         if isinstance(read, str):
+            # Not active: reach is checked on the row (it holds no session to say).
+            if reach is not None and not await self._reaches(connection_id, reach):
+                raise ConnectionNotFound
             raise NeedsReauth
+        if reach is not None and not reach(read.instance, read.brought_by):
+            raise ConnectionNotFound
         needed = self.needed_ttl(read, min_ttl)
         if read.expires_ts - time.time() >= needed:
             return read
@@ -101,8 +118,16 @@ class TokenIssuer:
             lifetime = self._settings.session_ttl_seconds
         return needed_ttl(min_ttl, lifetime=lifetime, ahead=self._settings.refresh_ahead_seconds)
 
+    async def _reaches(self, connection_id: uuid.UUID, reach: Callable[..., bool]) -> bool:
+        found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
+        return found is not None and bool(reach(found[3], found[4]))
+
     async def force_refresh(
-        self, connection_id: uuid.UUID, *, if_match: frozenset[str] | None = None
+        self,
+        connection_id: uuid.UUID,
+        *,
+        if_match: frozenset[str] | None = None,
+        reach: Reach = None,
     ) -> IssuedToken:
         """Refresh now (the caller saw the session rejected), sharing concurrent refreshes.
 
@@ -112,13 +137,15 @@ class TokenIssuer:
         Without it, at most one upstream refresh per connection per
         BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS.
         """
+        if reach is not None and not await self._reaches(connection_id, reach):
+            raise ConnectionNotFound  # before any refresh, and noted as no use
         self.reads.usage.note(connection_id)
         if if_match is not None:
             return await self._refresh_if_current(connection_id, if_match)
         found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
         if found is None:
             raise ConnectionNotFound
-        version, last_refreshed_at, db_now = found
+        version, last_refreshed_at, db_now, _, _ = found
         interval = timedelta(seconds=self._settings.force_refresh_min_interval_seconds)
         # Both times from the database's clock: replicas' clocks may disagree.
         if last_refreshed_at is not None and db_now - last_refreshed_at < interval:

@@ -52,7 +52,7 @@ LEASE_LOCK_CLASS = 0x57_54_42  # "WTB"
 ROW_COLUMNS = """
     c.id, c.status, c.access_token_enc, c.refresh_token_enc, c.expires_at, c.next_refresh_at,
     c.token_version, c.user_id, c.external_ref, c.last_error_class, c.refresh_failures,
-    c.last_refreshed_at, c.last_used_at, c.instance
+    c.last_refreshed_at, c.last_used_at, c.instance, c.brought_by
 """
 
 
@@ -158,6 +158,7 @@ class LockedRow:
     last_refreshed_at: datetime | None
     last_used_at: datetime
     instance: str  # the Workfront instance it belongs to (service.instances)
+    brought_by: uuid.UUID | None  # the API client that brought it in
 
 
 @dataclass(frozen=True, slots=True)

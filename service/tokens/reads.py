@@ -39,10 +39,11 @@ _TOKEN_READ = select(
     Connection.token_version,
     Connection.last_refreshed_at,
     Connection.instance,
+    Connection.brought_by,
 ).where(Connection.id == bindparam("connection_id"))
 _TOKENS_READ = text(
     "SELECT id, status, access_token_enc, expires_at, user_id, token_version,"
-    " last_refreshed_at, instance"
+    " last_refreshed_at, instance, brought_by"
     " FROM connections WHERE id = ANY(:ids)"
 ).bindparams(bindparam("ids", type_=ARRAY(UUID(as_uuid=True))))
 
@@ -84,12 +85,12 @@ class TokenReads:
         if found is None:
             self.cache.drop(connection_id)
             return None
-        status, sealed, expires_at, user_id, version, refreshed_at, instance = found
+        status, sealed, expires_at, user_id, version, refreshed_at, instance, brought_by = found
         if status != STATUS_ACTIVE:
             self.cache.drop(connection_id)
             return str(status)
         issued = self._sealer.issued_from(
-            connection_id, sealed, expires_at, user_id, version, refreshed_at, instance
+            connection_id, sealed, expires_at, user_id, version, refreshed_at, instance, brought_by
         )
         self.cache.store(connection_id, issued, read_started=started, changes_seen=changes)
         return issued
@@ -126,13 +127,24 @@ class TokenReads:
             row = by_id.get(entry.key)
             fresh: IssuedToken | None = None
             if row is not None and row[1] == STATUS_ACTIVE:
-                _, _, sealed, expires_at, user_id, version, refreshed_at, instance = row
-                if version == seen.token_version and expires_at == seen.expires_at:
+                _, _, sealed, expires_at, user_id, version, refreshed_at, instance, by = row
+                if (
+                    version == seen.token_version
+                    and expires_at == seen.expires_at
+                    and by == seen.brought_by
+                ):
                     fresh = seen
                 else:
                     try:
                         fresh = self._sealer.issued_from(
-                            entry.key, sealed, expires_at, user_id, version, refreshed_at, instance
+                            entry.key,
+                            sealed,
+                            expires_at,
+                            user_id,
+                            version,
+                            refreshed_at,
+                            instance,
+                            by,
                         )
                     except DecryptionError:
                         # e.g. written under a key this replica lacks (a rollout

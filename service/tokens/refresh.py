@@ -216,6 +216,7 @@ class Refresh:
                 token_version=row.token_version + 1,
                 refreshed_at=refreshed_at,
                 instance=row.instance,
+                brought_by=row.brought_by,
             ),
             write=TokenWrite(
                 connection_id=row.id,

@@ -36,6 +36,8 @@ class SealedRow(Protocol):
     def last_refreshed_at(self) -> datetime | None: ...
     @property
     def instance(self) -> str: ...
+    @property
+    def brought_by(self) -> uuid.UUID | None: ...
 
 
 class TokenSealer:
@@ -59,6 +61,7 @@ class TokenSealer:
             row.token_version,
             row.last_refreshed_at,
             row.instance,
+            row.brought_by,
         )
 
     def issued_from(
@@ -70,6 +73,7 @@ class TokenSealer:
         version: int,
         refreshed_at: datetime | None,
         instance: str,
+        brought_by: uuid.UUID | None,
     ) -> IssuedToken:
         """A session from the columns of a row read without the ORM."""
         return IssuedToken(
@@ -82,4 +86,5 @@ class TokenSealer:
             token_version=version,
             refreshed_at=refreshed_at,
             instance=instance,
+            brought_by=brought_by,
         )

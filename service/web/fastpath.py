@@ -120,7 +120,8 @@ class TokenFastPath:
         if known is None:
             return None
         runtime, principal = known
-        if not principal.allows(TOKENS_SCOPE):
+        # A key limited in reach goes the long way: the route checks it.
+        if not principal.allows(TOKENS_SCOPE) or principal.restricted:
             return None
         connection_id = canonical_uuid(raw_id)
         if connection_id is None:

@@ -13,13 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.apikeys.authenticator import Principal
 from service.apikeys.keys import Scope as KeyScope
 from service.metrics import PROXY_REQUESTS
 from service.proxy.gate import GateClosed
 from service.proxy.paths import upstream_rest
 from service.proxy.relay import ProxyRequest, Relayed, UpstreamFailed
 from service.web.problems import ProblemError
-from service.web.token_answers import MIN_TTL_DEFAULT, session_problems
+from service.web.token_answers import MIN_TTL_DEFAULT, reach_of, session_problems
 
 if TYPE_CHECKING:
     from service.runtime import Runtime
@@ -84,10 +85,15 @@ def _body(scope: Scope, receive: Receive) -> AsyncIterator[bytes]:
 
 
 async def proxy_answer(
-    runtime: Runtime, connection_id: uuid.UUID, scope: Scope, receive: Receive
+    runtime: Runtime,
+    connection_id: uuid.UUID,
+    scope: Scope,
+    receive: Receive,
+    caller: Principal | None = None,
 ) -> Response:
     """Workfront's answer to the proxied request; a ProblemError for the rest.
-    The caller's key and scope were checked already."""
+    The caller's key and scope were checked already; its reach is checked here
+    (None: a caller known to reach every connection)."""
     method = scope["method"] if scope["method"] in PROXY_METHODS else "GET"
     status = 500  # counted as the answer's class, the broker's own refusals included
     instance = ""  # until the connection is known
@@ -97,7 +103,9 @@ async def proxy_answer(
         if checked is None:
             raise ProblemError(404, "not-found", "no such Workfront API path")
         with session_problems():
-            session = await runtime.tokens.get_token(connection_id, min_ttl=MIN_TTL_DEFAULT)
+            session = await runtime.tokens.get_token(
+                connection_id, min_ttl=MIN_TTL_DEFAULT, reach=reach_of(caller)
+            )
             instance = session.instance
             relayed = await runtime.relay.call(
                 ProxyRequest(

@@ -74,7 +74,8 @@ def _known_caller(scope: Scope, raw_id: str) -> tuple[Runtime, uuid.UUID] | None
     if known is None:
         return None
     runtime, principal = known
-    if not any(principal.allows(s) for s in PROXY_SCOPES):
+    # A key limited in reach goes the long way: the route checks it.
+    if principal.restricted or not any(principal.allows(s) for s in PROXY_SCOPES):
         return None
     connection_id = canonical_uuid(raw_id)
     if connection_id is None:

@@ -111,6 +111,8 @@ class ClientOut(BaseModel):
     id: uuid.UUID
     name: str
     scopes: list[Scope]
+    instances: list[str] | None = Field(description="The instances it reaches (null: all).")
+    connections: Literal["all", "own"]
     key_hint: str = Field(description="The key's first characters, to tell keys apart.")
     created_at: datetime
     revoked_at: datetime | None
@@ -120,6 +122,8 @@ class ClientCreated(BaseModel):
     id: uuid.UUID
     name: str
     scopes: list[Scope]
+    instances: list[str] | None = Field(description="The instances it reaches (null: all).")
+    connections: Literal["all", "own"]
     api_key: str = Field(
         description="Shown this once; only its hash is stored.", examples=["wtb_<key>"]
     )

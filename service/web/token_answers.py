@@ -11,6 +11,7 @@ from typing import Final
 
 from fastapi import Response
 
+from service.apikeys.authenticator import Principal
 from service.crypto import DecryptionError
 from service.metrics import TOKEN_REQUESTS
 from service.runtime import Runtime
@@ -20,6 +21,7 @@ from service.tokens.issued import (
     NeedsReauth,
     UpstreamUnavailable,
 )
+from service.tokens.issuer import Reach
 from service.web.problems import ProblemError
 from service.web.schemas import token_json
 
@@ -76,11 +78,18 @@ async def issue(
     *,
     min_ttl: int | None,
     if_match: frozenset[str] | None = None,
+    caller: Principal | None = None,
 ) -> Response:
     """The token (min_ttl set) or forced-refresh answer; a ProblemError for the rest."""
-    return _token_response(
-        runtime, await issue_token(runtime, connection_id, min_ttl=min_ttl, if_match=if_match)
+    issued = await issue_token(
+        runtime, connection_id, min_ttl=min_ttl, if_match=if_match, caller=caller
     )
+    return _token_response(runtime, issued)
+
+
+def reach_of(caller: Principal | None) -> Reach:
+    """What the token path must check of a connection for this caller (None: nothing)."""
+    return caller.reaches if caller is not None and caller.restricted else None
 
 
 async def issue_token(
@@ -89,6 +98,7 @@ async def issue_token(
     *,
     min_ttl: int | None,
     if_match: frozenset[str] | None = None,
+    caller: Principal | None = None,
 ) -> IssuedToken:
     """The session to answer with (counted in the metrics); a ProblemError for the rest.
 
@@ -97,7 +107,9 @@ async def issue_token(
     kind = "token" if min_ttl is not None else "refresh"
     outcome = "error"
     try:
-        token = await _issue_unmetered(runtime, connection_id, min_ttl=min_ttl, if_match=if_match)
+        token = await _issue_unmetered(
+            runtime, connection_id, min_ttl=min_ttl, if_match=if_match, reach=reach_of(caller)
+        )
         outcome = "ok"
         return token
     except ProblemError as exc:
@@ -113,11 +125,12 @@ async def _issue_unmetered(
     *,
     min_ttl: int | None,
     if_match: frozenset[str] | None,
+    reach: Reach,
 ) -> IssuedToken:
     with session_problems():
         if min_ttl is None:
-            return await runtime.tokens.force_refresh(connection_id, if_match=if_match)
-        return await runtime.tokens.get_token(connection_id, min_ttl=min_ttl)
+            return await runtime.tokens.force_refresh(connection_id, if_match=if_match, reach=reach)
+        return await runtime.tokens.get_token(connection_id, min_ttl=min_ttl, reach=reach)
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from service.config import Settings
@@ -225,3 +226,110 @@ async def test_one_instance_needs_no_instance_named(
         start = await one.client.get("/oauth/authorize")
         assert start.status_code == 302
         assert start.headers["location"].startswith(emulator.base_url)
+
+
+async def _client(
+    broker: BrokerHarness, headers: dict[str, str], **spec: Any
+) -> tuple[httpx.Response, dict[str, str]]:
+    made = await broker.client.post(
+        "/v1/clients", json={"name": f"svc-{uuid.uuid4().hex[:6]}", **spec}, headers=headers
+    )
+    key = made.json().get("api_key", "") if made.status_code == 201 else ""
+    return made, {"Authorization": f"Bearer {key}"}
+
+
+async def _connect_through_link(broker: BrokerHarness, key: dict[str, str], name: str) -> uuid.UUID:
+    made = await broker.client.post(
+        "/v1/connect-sessions",
+        json={
+            "external_ref": name,
+            "return_url": "https://app.example.com/back",
+            "instance": "default",
+        },
+        headers=key,
+    )
+    assert made.status_code == 201, made.text
+    start = await broker.client.get(
+        "/oauth/authorize", params={"session": made.json()["url"].rsplit("/", 1)[1]}
+    )
+    done = await broker.client.get(
+        await login_at_emulator(start.headers["location"], username=name)
+    )
+    assert done.status_code == 302, done.text
+    return uuid.UUID(parse_qs(urlsplit(done.headers["location"]).query)["connection_id"][0])
+
+
+ALL_SCOPES = ["tokens:read", "connections:read", "connections:write", "workfront:proxy"]
+
+
+async def test_keys_limited_to_instances_and_their_own_connections(
+    two: BrokerHarness, emulator: Emulator, preview: Emulator
+) -> None:
+    made, own_default = await _client(
+        two, two.admin, scopes=ALL_SCOPES, instances=["default"], connections="own"
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["instances"] == ["default"]
+    assert made.json()["connections"] == "own"
+    _, any_preview = await _client(two, two.admin, scopes=ALL_SCOPES, instances=["preview"])
+    mine = await _connect_through_link(two, own_default, "linked-user")
+    theirs = await _connect(two, "page-user", "default")  # the operator page: nobody's own
+    elsewhere = await _connect(two, "preview-user", "preview")
+    refreshes = len(await refresh_requests(emulator)) + len(await refresh_requests(preview))
+
+    reach = [(own_default, {mine}), (any_preview, {elsewhere})]
+    for key, reachable in reach:
+        listed = await two.client.get("/v1/connections", headers=key)
+        assert {uuid.UUID(c["id"]) for c in listed.json()} == reachable
+        for cid in (mine, theirs, elsewhere):
+            expected = 200 if cid in reachable else 404
+            paths = [
+                ("GET", f"/v1/connections/{cid}"),
+                ("GET", f"/v1/connections/{cid}/token"),
+                ("GET", f"/v1/connections/{cid}/workfront/attask/api/v21.0/proj/search"),
+            ]
+            for method, path in paths:
+                answer = await two.client.request(method, path, headers=key)
+                assert answer.status_code == expected, (method, path, answer.text)
+            if cid not in reachable:
+                # No refresh of what it cannot reach, and no existence oracle.
+                forced = await two.client.post(f"/v1/connections/{cid}/refresh", headers=key)
+                assert forced.status_code == 404
+                assert forced.json()["detail"] == "no such connection"
+                gone = await two.client.delete(f"/v1/connections/{cid}", headers=key)
+                assert gone.status_code == 404
+    assert len(await refresh_requests(emulator)) + len(await refresh_requests(preview)) == (
+        refreshes
+    )
+    every = await two.client.get("/v1/connections", headers=two.admin)
+    assert len(every.json()) == 3  # nothing was deleted by a key that could not reach it
+
+    instances = await two.client.get("/v1/instances", headers=own_default)
+    assert [i["name"] for i in instances.json()] == ["default"]
+    link = {"external_ref": "x", "return_url": "https://app.example.com/back"}
+    for key, other in ((own_default, "preview"), (any_preview, "default")):
+        refused = await two.client.post(
+            "/v1/connect-sessions", json={**link, "instance": other}, headers=key
+        )
+        assert refused.status_code == 422
+    # Within reach, deleting works.
+    assert (
+        await two.client.delete(f"/v1/connections/{mine}", headers=own_default)
+    ).status_code == 204
+
+
+async def test_a_limited_key_cannot_make_a_wider_one(two: BrokerHarness) -> None:
+    made, limited_admin = await _client(two, two.admin, scopes=["admin"], instances=["default"])
+    assert made.status_code == 201
+    for wider in ({"instances": None}, {"instances": ["preview"]}, {}):
+        refused, _ = await _client(two, limited_admin, scopes=["tokens:read"], **wider)
+        assert refused.status_code == 403, wider
+    narrower, _ = await _client(two, limited_admin, scopes=["tokens:read"], instances=["default"])
+    assert narrower.status_code == 201
+    unknown, _ = await _client(two, two.admin, scopes=["tokens:read"], instances=["nope"])
+    assert unknown.status_code == 422
+    made, own_only = await _client(two, two.admin, scopes=["admin"], connections="own")
+    refused, _ = await _client(two, own_only, scopes=["tokens:read"])
+    assert refused.status_code == 403
+    allowed, _ = await _client(two, own_only, scopes=["tokens:read"], connections="own")
+    assert allowed.status_code == 201

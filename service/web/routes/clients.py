@@ -31,11 +31,23 @@ async def post_client(
     principal: Admin,
     body: Annotated[ClientCreate, Depends(json_body(ClientCreate))],
 ) -> ClientCreated:
+    if api_clients.widens(principal, body):
+        raise ProblemError(
+            403, "forbidden", "a key cannot make one that reaches more than it does itself"
+        )
+    unknown = [name for name in body.instances or () if name not in runtime.settings.instances]
+    if unknown:
+        raise ProblemError(422, "unknown-instance", f"no such instance: {', '.join(unknown)}")
     created = await api_clients.create_client(
         runtime.database, body, created_by=principal.client_id
     )
     return ClientCreated(
-        id=created.id, name=created.name, scopes=created.scopes, api_key=created.api_key
+        id=created.id,
+        name=created.name,
+        scopes=created.scopes,
+        instances=created.instances,
+        connections=created.connections,
+        api_key=created.api_key,
     )
 
 

@@ -42,7 +42,8 @@ async def create_connect_session(
                 422, "instance-required", "several instances are configured: name one"
             )
         instance = only.name
-    elif instance not in settings.instances:
+    if instance not in settings.instances or not principal.reaches_instance(instance):
+        # Outside the key's reach reads as not there: no list of others' instances.
         raise ProblemError(422, "unknown-instance", "no such instance (see GET /v1/instances)")
     try:
         link = await create_connect_link(

@@ -73,7 +73,7 @@ _TOKEN_ANSWER: ResponsesDoc = {
 async def get_token(
     connection_id: uuid.UUID,
     runtime: RuntimeDep,
-    _: TokensReader,
+    caller: TokensReader,
     min_ttl: Annotated[
         int,
         Query(
@@ -83,7 +83,7 @@ async def get_token(
         ),
     ] = MIN_TTL_DEFAULT,
 ) -> Response:
-    return await issue(runtime, connection_id, min_ttl=min_ttl)
+    return await issue(runtime, connection_id, min_ttl=min_ttl, caller=caller)
 
 
 @router.post(
@@ -105,7 +105,7 @@ async def get_token(
 async def refresh_token(
     connection_id: uuid.UUID,
     runtime: RuntimeDep,
-    _: TokensReader,
+    caller: TokensReader,
     if_match: Annotated[
         str | None,
         Header(
@@ -123,7 +123,9 @@ async def refresh_token(
         WithJsonSchema({"type": "string", "maxLength": 1000}),
     ] = None,
 ) -> Response:
-    return await issue(runtime, connection_id, min_ttl=None, if_match=parse_if_match(if_match))
+    return await issue(
+        runtime, connection_id, min_ttl=None, if_match=parse_if_match(if_match), caller=caller
+    )
 
 
 @router.get(
@@ -141,7 +143,7 @@ async def list_connections(
     request: Request,
     response: Response,
     runtime: RuntimeDep,
-    _: ConnectionsReader,
+    caller: ConnectionsReader,
     user_id: Annotated[str | None, Query(max_length=64, pattern=NO_CONTROL_CHARS)] = None,
     external_ref: Annotated[str | None, Query(max_length=255, pattern=NO_CONTROL_CHARS)] = None,
     status: ConnectionStatus | None = None,
@@ -158,6 +160,11 @@ async def list_connections(
         query = query.where(Connection.status == status)
     if instance is not None:
         query = query.where(Connection.instance == instance)
+    # A key limited in reach sees only what it reaches.
+    if caller.instances is not None:
+        query = query.where(Connection.instance.in_(sorted(caller.instances)))
+    if caller.own_only:
+        query = query.where(Connection.brought_by == caller.client_id)
     async with runtime.database() as db:
         # One more than asked: whether a next page exists, without a count.
         rows = (await db.scalars(query.limit(limit + 1).offset(offset))).all()
@@ -177,12 +184,12 @@ async def list_connections(
     responses={**_AUTH_ERRORS, 404: problem_doc(404, "Unknown connection.")},
 )
 async def get_connection(
-    connection_id: uuid.UUID, runtime: RuntimeDep, _: ConnectionsReader
+    connection_id: uuid.UUID, runtime: RuntimeDep, caller: ConnectionsReader
 ) -> ConnectionOut:
     async with runtime.database() as db:
         row = await db.get(Connection, connection_id)
-    if row is None:
-        raise not_found()
+    if row is None or not caller.reaches(row.instance, row.brought_by):
+        raise not_found()  # outside the key's reach: the same answer, no existence oracle
     return ConnectionOut.model_validate(row)
 
 
@@ -197,7 +204,11 @@ async def delete_connection(
     connection_id: uuid.UUID, runtime: RuntimeDep, principal: ConnectionsWriter
 ) -> Response:
     try:
-        await runtime.connections.delete_connection(connection_id, client_id=principal.client_id)
+        await runtime.connections.delete_connection(
+            connection_id,
+            client_id=principal.client_id,
+            reach=principal.reaches if principal.restricted else None,
+        )
     except ConnectionNotFound:
         raise not_found() from None
     return Response(status_code=204)

@@ -85,9 +85,9 @@ async def proxy(
     rest: str,  # documented; the relay reads the path as sent (raw_rest)
     request: Request,
     runtime: RuntimeDep,
-    _: ProxyCaller,
+    caller: ProxyCaller,
 ) -> Response:
-    return await proxy_answer(runtime, connection_id, request.scope, request.receive)
+    return await proxy_answer(runtime, connection_id, request.scope, request.receive, caller=caller)
 
 
 # One operation per method (each its own operationId in the OpenAPI document).

@@ -36,7 +36,7 @@ async def test_create_client_returns_a_working_key_once(
     )
     assert response.status_code == 201, response.text
     body = response.json()
-    assert set(body) == {"id", "name", "scopes", "api_key"}
+    assert set(body) == {"id", "name", "scopes", "instances", "connections", "api_key"}
     client_id = uuid.UUID(body["id"])
     assert body["name"] == "reporting"
     assert sorted(body["scopes"]) == sorted(scopes)
