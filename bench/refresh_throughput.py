@@ -112,9 +112,9 @@ async def _run(
             async with httpx.AsyncClient() as client:
                 for proc in procs:
                     for line in (await client.get(f"{proc.url}/metrics")).text.splitlines():
-                        if line.startswith('broker_upstream_seconds_sum{call="token"}'):
+                        if line.startswith('broker_upstream_seconds_sum{call="token",'):
                             upstream[0] += float(line.split()[-1])
-                        elif line.startswith('broker_upstream_seconds_count{call="token"}'):
+                        elif line.startswith('broker_upstream_seconds_count{call="token",'):
                             upstream[1] += float(line.split()[-1])
             await asyncio.sleep(1)  # a double refresh would land now
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 TOKEN_REQUESTS = Counter(
@@ -11,19 +13,16 @@ TOKEN_REQUESTS = Counter(
 )
 REFRESHES = Counter(
     "broker_refreshes_total",
-    "Upstream refresh attempts by outcome (ok, transient, revoked, lost).",
-    ["outcome"],
+    "Upstream refresh attempts by outcome (ok, transient, revoked, lost) and instance.",
+    ["outcome", "instance"],
 )
-# The series alerts watch with increase() exist from the start at 0: a series
-# born at 1 shows no increase, so a first event would go unseen.
-for _outcome in ("ok", "transient", "revoked", "lost"):
-    REFRESHES.labels(outcome=_outcome)
+REFRESH_OUTCOMES = ("ok", "transient", "revoked", "lost")
 for _kind in ("token", "refresh"):
     TOKEN_REQUESTS.labels(kind=_kind, outcome="stored-token-unreadable")
 UPSTREAM_LATENCY = Histogram(
     "broker_upstream_seconds",
-    "Latency of calls to Workfront.",
-    ["call"],
+    "Latency of the broker's own calls to Workfront, by call and instance.",
+    ["call", "instance"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 CONNECTIONS = Gauge("broker_connections", "Connections by status.", ["status"])
@@ -65,3 +64,12 @@ PROXY_RETRIES = Counter(
     "Proxied calls sent once more after Workfront said their session was dead.",
     ["instance"],
 )
+
+
+def start_instance_series(instances: Iterable[str]) -> None:
+    """The series alerts watch with increase() exist from the start at 0, for
+    every configured instance: a series born at 1 shows no increase, so a
+    first event would go unseen."""
+    for instance in instances:
+        for outcome in REFRESH_OUTCOMES:
+            REFRESHES.labels(outcome=outcome, instance=instance)

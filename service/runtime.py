@@ -18,6 +18,7 @@ from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher
 from service.db.engine import Database, autocommit, make_database, make_engine
 from service.db.migrations import alembic_head
+from service.metrics import start_instance_series
 from service.proxy.relay import Relay
 from service.signin.states import StateSigner
 from service.tokens.issuer import TokenIssuer
@@ -51,6 +52,7 @@ class Runtime:
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Open every resource; close them in reverse order."""
     url = require_database_url(settings)
+    start_instance_series(settings.instances)
     engine = make_engine(url, pool_size=settings.db_pool_size)
     # One connection of its own: this process's liveness lock for its refresh claims.
     # Autocommit: a transaction left open for the process's life would hold

@@ -199,7 +199,7 @@ class Refresh:
                 detail=exc.detail,
             )
             log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
-            REFRESHES.labels(outcome="transient").inc()
+            REFRESHES.labels(outcome="transient", instance=row.instance).inc()
             remaining = row.expires_at - now_utc()
             if not ask.forced and remaining > timedelta(0):
                 # Keep serving the current session while it is still valid.
@@ -254,4 +254,4 @@ class Refresh:
             ),
         )
         log.warning("connection %s needs re-authorization: %s", row.id, detail)
-        REFRESHES.labels(outcome="revoked").inc()
+        REFRESHES.labels(outcome="revoked", instance=row.instance).inc()

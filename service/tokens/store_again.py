@@ -46,9 +46,9 @@ def worth_storing_again(exc: Exception) -> bool:
     return sqlstate(exc) in _RETRYABLE_SQLSTATES
 
 
-def lost(connection_id: uuid.UUID, error: BaseException | None) -> None:
+def lost(connection_id: uuid.UUID, instance: str, error: BaseException | None) -> None:
     """Workfront's new tokens for this connection were never stored."""
-    REFRESHES.labels(outcome="lost").inc()
+    REFRESHES.labels(outcome="lost", instance=instance).inc()
     if error is None:
         log.warning(
             "the refreshed session of %s was not stored: the row changed meanwhile",
@@ -68,6 +68,7 @@ async def store_rotated(
 ) -> IssuedToken:
     """Store a refresh's answer under its claim, retried on fresh connections."""
     connection_id = rotated.write.connection_id
+    instance = rotated.issued.instance
     deadline = time.monotonic() + 2 * upstream_timeout
     delay = 0.05
     attempt = 0
@@ -94,10 +95,10 @@ async def store_rotated(
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 1.0)
     except BaseException as exc:  # cancelled by drain() at shutdown included
-        lost(connection_id, exc)
+        lost(connection_id, instance, exc)
         raise
     if stored:
-        REFRESHES.labels(outcome="ok").inc()
+        REFRESHES.labels(outcome="ok", instance=instance).inc()
         if attempt > 1:
             log.info("stored the refreshed session of %s on a new connection", connection_id)
         return rotated.issued
@@ -118,14 +119,14 @@ async def store_rotated(
         )
         raise
     if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
-        REFRESHES.labels(outcome="ok").inc()  # it was our own write
+        REFRESHES.labels(outcome="ok", instance=instance).inc()  # it was our own write
         return read
     if read is None:
         # Deleted meanwhile: its tokens were to go anyway.
         log.info("connection %s was deleted while it was refreshed", connection_id)
         raise ConnectionNotFound
     if isinstance(read, str):
-        lost(connection_id, None)  # someone presented the dead token meanwhile
+        lost(connection_id, instance, None)  # someone presented the dead token meanwhile
         raise NeedsReauth
     # Re-authorized meanwhile: the user's newer grant is the one kept.
     log.info("connection %s was re-authorized while it was refreshed", connection_id)

@@ -90,6 +90,7 @@ class WorkfrontClient:
         self._logout_url = f"{self._base}{LOGOUT_PATH.format(version=version)}"
         self._token_url = f"{self._base}{TOKEN_PATH}"
         self._proxy = _proxy_for(self._base)
+        self._token_latency = UPSTREAM_LATENCY.labels(call="token", instance=instance.name)
         secret = instance.client_secret.get_secret_value()
         basic = base64.b64encode(f"{instance.client_id}:{secret}".encode()).decode()
         # Built once: per-request auth objects cost more than the request.
@@ -186,7 +187,7 @@ class WorkfrontClient:
                     "POST", self._token_url, what="token endpoint", data=form, **per_call
                 )
         finally:
-            UPSTREAM_LATENCY.labels(call="token").observe(time.monotonic() - started)
+            self._token_latency.observe(time.monotonic() - started)
 
         error = token_endpoint_error(
             response.status, response.headers, response.body, secrets=(secret, client_secret)

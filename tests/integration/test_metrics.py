@@ -42,7 +42,7 @@ async def test_metrics_cover_refreshes_tokens_and_connections(
         "broker_refresher_lag_seconds",
     ):
         assert name in text, name
-    assert 'broker_refreshes_total{outcome="ok"}' in text
+    assert 'broker_refreshes_total{instance="default",outcome="ok"}' in text
     assert 'broker_token_requests_total{kind="token",outcome="ok"}' in text
     assert 'broker_token_requests_total{kind="token",outcome="not-found"}' in text
     assert 'broker_connections{status="active"} 1.0' in text
