@@ -43,7 +43,7 @@ class ClientCreate(BaseModel):
         min_length=1,
         max_length=100,
         description="The instances the key reaches (GET /v1/instances); left out: all.",
-        examples=[["prod"]],
+        examples=[["default"]],
     )
     connections: Literal["all", "own"] = Field(
         default="all",

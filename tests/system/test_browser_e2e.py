@@ -480,3 +480,84 @@ async def test_api_docs_work_offline_and_try_it_out_reads_a_token(
     # ReDoc hides it). That one refusal is expected; any other is a defect.
     logo = "https://cdn.redoc.ly/redoc/logo-mini.svg"
     visit.csp_violations[:] = [v for v in visit.csp_violations if logo not in v]
+
+
+# Two instances ---------------------------------------------------------------------------
+
+PREVIEW_ID, PREVIEW_SECRET = "preview-app", "preview-secret-" + "p" * 24
+
+
+@pytest.fixture
+async def two_instances(
+    database_url: str, encryption_keys: str, db: asyncpg.Connection, tmp_path: Path
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """`serve` with a default instance (acme/my) and a preview lane
+    (acme/preview, BROKER_INSTANCES_FILE), each its own `emulator` process and
+    app; the broker's URL and each emulator's."""
+    await db.execute(f"TRUNCATE {', '.join(TABLES)}")
+    broker_port = free_port()
+    broker = f"http://127.0.0.1:{broker_port}"
+    redirect_uri = f"{broker}/oauth/callback"
+    env = env_without_broker()
+    emulators = {}
+    processes = []
+    for name, client_id, secret, lane in (
+        ("default", CLIENT_ID, CLIENT_SECRET, "my"),
+        ("preview", PREVIEW_ID, PREVIEW_SECRET, "preview"),
+    ):
+        port = free_port()
+        emulators[name] = f"http://127.0.0.1:{port}"
+        log = tmp_path / f"emulator-{name}.log"
+        args = ["emulator", "--port", str(port), "--client-id", client_id]
+        args += ["--client-secret", secret, "--redirect-uri", redirect_uri]
+        args += ["--domain", "acme", "--lane", lane]
+        processes.append((start(args, env, log), log, f"{emulators[name]}/__emulator/settings"))
+    instances = tmp_path / "instances.toml"
+    instances.write_text(
+        f'[instances.preview]\nworkfront_url = "{emulators["preview"]}"\n'
+        f'client_id = "{PREVIEW_ID}"\nclient_secret = "{PREVIEW_SECRET}"\n'
+        'domain = "acme"\nlane = "preview"\n'
+    )
+    broker_env = env_without_broker(
+        BROKER_DATABASE_URL=database_url,
+        BROKER_WORKFRONT_URL=emulators["default"],
+        BROKER_WORKFRONT_DOMAIN="acme",
+        BROKER_WORKFRONT_LANE="my",
+        BROKER_CLIENT_ID=CLIENT_ID,
+        BROKER_CLIENT_SECRET=CLIENT_SECRET,
+        BROKER_INSTANCES_FILE=str(instances),
+        BROKER_REDIRECT_URI=redirect_uri,
+        BROKER_ENCRYPTION_KEYS=encryption_keys,
+        BROKER_ADMIN_API_KEY=ADMIN_KEY,
+        BROKER_REFRESHER_ENABLED="false",
+    )
+    log = tmp_path / "serve.log"
+    processes.append((start(["serve", "--port", str(broker_port)], broker_env, log), log, ""))
+    try:
+        for process, log, ready in processes[:-1]:
+            await wait_ready(ready, process, log)
+        await wait_ready(f"{broker}/readyz", processes[-1][0], processes[-1][1])
+        yield broker, emulators
+    finally:
+        for process, _, _ in processes:
+            stop(process)
+
+
+async def test_the_connect_page_offers_each_instance_and_connects_one_user_on_each(
+    two_instances: tuple[str, dict[str, str]], visit: Visit
+) -> None:
+    broker, emulators = two_instances
+    page = visit.page
+    for name in ("default", "preview"):
+        await page.goto(f"{broker}/connect")
+        assert await visit.heading() == "Connect your Workfront account"
+        await visit.shot(f"choose-{name}")
+        await page.locator(f"#connect-{name}").click()
+        await page.wait_for_url(f"{emulators[name]}/integrations/oauth2/authorize*")
+        await visit.sign_in_at_workfront("wanda", "Allow")
+        await page.wait_for_url(re.compile(r".*/oauth/callback.*"))
+        assert await visit.heading() == "Workfront is connected"
+        await visit.shot(f"connected-{name}")
+    async with httpx.AsyncClient(base_url=broker) as api:
+        listed = await api.get("/v1/connections", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert sorted(c["instance"] for c in listed.json()) == ["default", "preview"]
