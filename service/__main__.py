@@ -9,7 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from service.config import ConfigError, Settings, load_database_url, load_settings
+from service.config import ConfigError, Settings
+from service.config_loading import load_database_url, load_settings
 from service.connections.stored_keys import missing_keys_problem
 from service.db.migrations import migrate
 from service.logs import configure_logging

@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from service.config import load_settings, normalize_database_url
+from service.config import normalize_database_url
+from service.config_loading import load_settings
 from service.crypto import generate_key
 from service.emulator import EmulatorSettings, create_emulator_app
 from service.web.serving import make_server, serve_until_signalled

@@ -12,7 +12,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.apikeys.authenticator import ApiKeyAuthenticator
-from service.config import Settings, require_database_url
+from service.config import Settings
+from service.config_loading import require_database_url
 from service.connections.lifecycle import ConnectionLifecycle
 from service.connections.stored_keys import StoredKeyCheck
 from service.crypto import TokenCipher

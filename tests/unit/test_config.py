@@ -9,14 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import (
-    ConfigError,
-    Settings,
-    load_database_url,
-    load_settings,
-    normalize_database_url,
-    require_database_url,
-)
+from service.config import ConfigError, Settings, normalize_database_url
+from service.config_loading import load_database_url, load_settings, require_database_url
 from tests.support.config_values import (
     ADMIN_BLANK,
     ADMIN_SHORT,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_settings
+from service.config import ConfigError
+from service.config_loading import load_settings
 from tests.support.config_values import CLIENT_SECRET, assert_no_secret, good_values
 
 PREVIEW_SECRET = "preview-secret-" + "p" * 24
