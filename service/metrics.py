@@ -3,8 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, TypeVar, cast
 
 from prometheus_client import Counter, Gauge, Histogram
+
+_Metric = TypeVar("_Metric", Counter, Histogram)
+_CHILDREN: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+
+def child(metric: _Metric, *values: str) -> _Metric:
+    """``metric.labels(*values)`` (in the labels' declared order), looked up
+    once: ``labels()`` costs more than the increment on a busy path. Label
+    values are closed sets, so this stays small."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return cast(_Metric, found)
+
 
 TOKEN_REQUESTS = Counter(
     "broker_token_requests_total",

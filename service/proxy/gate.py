@@ -11,8 +11,6 @@ back, rather than piling up requests (and their bodies) here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class GateClosed(Exception):
@@ -31,10 +29,6 @@ class InstanceGate:
         self._queue = queue
         self._queue_timeout = queue_timeout
         self._waiting = 0
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
 
     async def enter(self) -> None:
         """Take a turn (pair with ``leave``); GateClosed when none is to be had."""
@@ -60,14 +54,6 @@ class InstanceGate:
 
     def leave(self) -> None:
         self._slots.release()
-
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        await self.enter()
-        try:
-            yield
-        finally:
-            self.leave()
 
 
 class Gates:

@@ -26,11 +26,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-from prometheus_client import Histogram
 from yarl import URL
 
 from service.config import Settings
-from service.metrics import PROXY_RETRIES, PROXY_UPSTREAM_LATENCY
+from service.metrics import PROXY_RETRIES, PROXY_UPSTREAM_LATENCY, child
 from service.proxy.gate import Gates
 from service.proxy.headers import to_caller, to_workfront
 from service.tokens.issued import IssuedToken
@@ -47,17 +46,6 @@ from service.workfront.protocol import API_ROOT, SESSION_HEADER
 REPLAYABLE_BODY = 1024 * 1024
 
 BodyChunks = AsyncIterator[bytes]
-
-
-_LATENCIES: dict[str, Histogram] = {}
-
-
-def _latency(instance: str) -> Histogram:
-    """The latency histogram's child for an instance (``labels()`` looked up once)."""
-    child = _LATENCIES.get(instance)
-    if child is None:
-        child = _LATENCIES[instance] = PROXY_UPSTREAM_LATENCY.labels(instance=instance)
-    return child
 
 
 class UpstreamFailed(Exception):
@@ -164,7 +152,7 @@ class Relay:
             if not names_dead_session(answer.status, answer.first if answer.complete else None):
                 return answer
             answer.discard()
-            PROXY_RETRIES.labels(instance=request.instance).inc()
+            child(PROXY_RETRIES, request.instance).inc()
             session = await self._tokens.force_refresh(
                 request.connection_id, if_match=frozenset({session.session_version})
             )
@@ -199,7 +187,7 @@ class Relay:
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(type(exc).__name__) from None
-        _latency(request.instance).observe(time.perf_counter() - started)
+        child(PROXY_UPSTREAM_LATENCY, request.instance).observe(time.perf_counter() - started)
         first, complete = b"", False
         try:
             if (

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 
@@ -119,8 +120,11 @@ class TokenIssuer:
         return needed_ttl(min_ttl, lifetime=lifetime, ahead=self._settings.refresh_ahead_seconds)
 
     async def _reaches(self, connection_id: uuid.UUID, reach: Callable[..., bool]) -> bool:
-        found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
+        found = await self._version_row(connection_id)
         return found is not None and bool(reach(found[3], found[4]))
+
+    async def _version_row(self, connection_id: uuid.UUID) -> Any:
+        return await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
 
     async def force_refresh(
         self,
@@ -137,12 +141,16 @@ class TokenIssuer:
         Without it, at most one upstream refresh per connection per
         BROKER_FORCE_REFRESH_MIN_INTERVAL_SECONDS.
         """
-        if reach is not None and not await self._reaches(connection_id, reach):
-            raise ConnectionNotFound  # before any refresh, and noted as no use
+        found = None
+        if reach is not None:
+            found = await self._version_row(connection_id)
+            if found is None or not reach(found[3], found[4]):
+                raise ConnectionNotFound  # before any refresh, and noted as no use
         self.reads.usage.note(connection_id)
         if if_match is not None:
             return await self._refresh_if_current(connection_id, if_match)
-        found = await read_one(self._reader, _VERSION_READ, {"connection_id": connection_id})
+        if found is None:  # one read of the row, whether or not reach needed it
+            found = await self._version_row(connection_id)
         if found is None:
             raise ConnectionNotFound
         version, last_refreshed_at, db_now, _, _ = found

@@ -31,7 +31,7 @@ from service.clock import now_utc
 from service.db import outbox
 from service.db.models import STATUS_ACTIVE
 from service.logs import CONNECTION_ID
-from service.metrics import REFRESHES
+from service.metrics import REFRESHES, child
 from service.tokens.flights import Presenting, resolve
 from service.tokens.issued import (
     Ask,
@@ -199,7 +199,7 @@ class Refresh:
                 detail=exc.detail,
             )
             log.warning("refresh of %s failed transiently: %s", row.id, exc.detail)
-            REFRESHES.labels(outcome="transient", instance=row.instance).inc()
+            child(REFRESHES, "transient", row.instance).inc()
             remaining = row.expires_at - now_utc()
             if not ask.forced and remaining > timedelta(0):
                 # Keep serving the current session while it is still valid.
@@ -254,4 +254,4 @@ class Refresh:
             ),
         )
         log.warning("connection %s needs re-authorization: %s", row.id, detail)
-        REFRESHES.labels(outcome="revoked", instance=row.instance).inc()
+        child(REFRESHES, "revoked", row.instance).inc()

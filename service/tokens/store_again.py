@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 
 from service.db.errors import is_database_outage, sqlstate
-from service.metrics import REFRESHES
+from service.metrics import REFRESHES, child
 from service.tokens.issued import ConnectionNotFound, IssuedToken, NeedsReauth
 from service.tokens.lease import Claims, TokenWrite
 from service.tokens.reads import TokenReads
@@ -48,7 +48,7 @@ def worth_storing_again(exc: Exception) -> bool:
 
 def lost(connection_id: uuid.UUID, instance: str, error: BaseException | None) -> None:
     """Workfront's new tokens for this connection were never stored."""
-    REFRESHES.labels(outcome="lost", instance=instance).inc()
+    child(REFRESHES, "lost", instance).inc()
     if error is None:
         log.warning(
             "the refreshed session of %s was not stored: the row changed meanwhile",
@@ -98,7 +98,7 @@ async def store_rotated(
         lost(connection_id, instance, exc)
         raise
     if stored:
-        REFRESHES.labels(outcome="ok", instance=instance).inc()
+        child(REFRESHES, "ok", instance).inc()
         if attempt > 1:
             log.info("stored the refreshed session of %s on a new connection", connection_id)
         return rotated.issued
@@ -119,7 +119,7 @@ async def store_rotated(
         )
         raise
     if isinstance(read, IssuedToken) and read.session_id == rotated.issued.session_id:
-        REFRESHES.labels(outcome="ok", instance=instance).inc()  # it was our own write
+        child(REFRESHES, "ok", instance).inc()  # it was our own write
         return read
     if read is None:
         # Deleted meanwhile: its tokens were to go anyway.

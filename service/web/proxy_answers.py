@@ -8,14 +8,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Final
 
-from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from service.apikeys.authenticator import Principal
 from service.apikeys.keys import Scope as KeyScope
-from service.metrics import PROXY_REQUESTS
+from service.metrics import PROXY_REQUESTS, child
 from service.proxy.gate import GateClosed
 from service.proxy.paths import upstream_rest
 from service.proxy.relay import ProxyRequest, Relayed, UpstreamFailed
@@ -138,21 +137,5 @@ async def proxy_answer(
         status = exc.status
         raise
     finally:
-        _counter(instance, method, status).inc()
-
-
-_COUNTERS: dict[tuple[str, str, int], Counter] = {}
-
-
-def _counter(instance: str, method: str, status: int) -> Counter:
-    """The request counter's child for this instance, method and status class
-    (looked up once: ``labels()`` costs more than the increment). Refusals
-    before the connection is known count under instance "" (a closed set too:
-    the configured names and that)."""
-    key = (instance, method, status // 100)
-    child = _COUNTERS.get(key)
-    if child is None:
-        child = _COUNTERS[key] = PROXY_REQUESTS.labels(
-            instance=instance, method=method, status=f"{key[2]}xx"
-        )
-    return child
+        # Refusals before the connection is known count under instance "".
+        child(PROXY_REQUESTS, instance, method, f"{status // 100}xx").inc()
